@@ -1,0 +1,139 @@
+"""The Backend and Session interfaces every engine implements.
+
+A backend file defines one ``Backend`` subclass with a ``name``; defining it
+registers it (``__init_subclass__``), so adding an engine is adding one file.
+Vendor SDKs are imported inside methods, never at module import time.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from harness.types import Feeds, Precision
+
+if TYPE_CHECKING:
+    from harness.export import ExportedModel
+
+
+class Session(ABC):
+    """A model built for one engine at one precision, ready to run.
+
+    Attributes:
+        executed_precision: what the engine really computes with, read back from
+            the engine (``fp32``, ``fp16``, ``int8`` or ``mixed(...)``).
+        settings: the engine settings this session runs with (threads, providers,
+            quantization recipe, conversion path), recorded verbatim.
+        artifact: the file the engine runs (for sizes and the record).
+    """
+
+    executed_precision: str = "unknown"
+    settings: dict[str, Any]
+    artifact: Path | None = None
+
+    @abstractmethod
+    def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        """Run synchronously on host arrays; return host arrays by output name."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine resources."""
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Backend(ABC):
+    """An inference engine. Subclasses set the class variables and are auto-registered."""
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    precisions: ClassVar[frozenset[Precision]] = frozenset(Precision)
+    hidden: ClassVar[bool] = False
+    """Hidden backends (test-only fault injectors) never join an automatic sweep."""
+    needs_onnx: ClassVar[bool] = True
+    """Whether ``load`` reads ``model.onnx_path`` (False: it builds from the torch module)."""
+    slow_precisions: ClassVar[frozenset[Precision]] = frozenset()
+    """Precisions that run through a reference (non-deployment) path; perf suites skip them."""
+
+    def __init__(self, threads: int | None = None, device: str = "cpu") -> None:
+        self.threads = threads or default_threads()
+        self.device = device
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            from harness.backends import register
+
+            register(cls)
+
+    @abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """None when the engine can run here; else why not (used as the skip reason)."""
+
+    @abstractmethod
+    def version(self) -> str:
+        """The engine's version string."""
+
+    @abstractmethod
+    def load(
+        self,
+        model: ExportedModel,
+        precision: Precision,
+        workdir: Path,
+        calibration: Sequence[Feeds] | None = None,
+    ) -> Session:
+        """Convert/compile ``model`` at ``precision`` and return a ready session.
+
+        Raises ConversionError when the engine rejects the model and
+        UnsupportedPrecision when it cannot build it at ``precision``.
+        """
+
+    def unsupported_reason(self, model: ExportedModel, precision: Precision) -> str | None:
+        """Why this backend cannot run ``model`` at ``precision`` at all, known before building."""
+        if precision not in self.precisions:
+            have = ", ".join(sorted(p.value for p in self.precisions))
+            return f"{self.name} does not support {precision.value} (supports {have})"
+        return None
+
+
+def default_threads() -> int:
+    """Threads per engine: ``HARNESS_THREADS`` or the CPUs this process may use."""
+    env = os.environ.get("HARNESS_THREADS")
+    if env:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def module_version(module_name: str) -> str:
+    """Installed distribution version of a package, or 'not installed'."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(module_name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def missing_package_reason(backend: str, *modules: str) -> str | None:
+    """'<backend>: Python package X not installed (pip install ...)' for the first missing module."""
+    import importlib.util
+
+    for mod in modules:
+        if importlib.util.find_spec(mod) is None:
+            return f"{backend}: Python package {mod!r} not installed (pip install -e '.[{backend}]')"
+    return None
+
+
+def as_numpy_outputs(names: Sequence[str], values: Sequence[Any] | Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Pair output names with values as owned host arrays."""
+    if isinstance(values, Mapping):
+        return {k: np.array(v, copy=True) for k, v in values.items()}
+    return {n: np.array(v, copy=True) for n, v in zip(names, values, strict=True)}

@@ -1,0 +1,206 @@
+"""ONNX Runtime: CPU EP (CUDA / TensorRT EPs first when onnxruntime-gpu sees a GPU).
+
+fp32 runs the export; fp16 converts the simplified graph with onnxconverter-common
+(FP32 I/O kept); int8 is static post-training QDQ quantization (u8 activations,
+s8 per-channel weights, MinMax calibration over the shared calibration sets,
+``quant_pre_process`` first), dynamic quantization only where static fails.
+The executed precision is read from ORT's own profiler: the input type of every
+compute kernel that really ran after graph optimization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from harness.backends.base import Backend, Session, missing_package_reason, module_version
+from harness.errors import ConversionError
+from harness.export import cached
+from harness.precision import summarize
+from harness.types import Feeds, Precision
+
+if TYPE_CHECKING:
+    from harness.export import ExportedModel
+
+COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul", "NhwcFusedConv",
+               "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "LSTM", "GRU", "RNN",
+               "Attention", "MultiHeadAttention", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+               "MatMulIntegerToFloat", "DynamicQuantizeLinear", "QAttention"}
+INTEGER_OPS = {"MatMulIntegerToFloat", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul", "QAttention"}
+
+
+class OrtSession(Session):
+    def __init__(self, session: Any, artifact: Path, settings: dict[str, Any], executed: str) -> None:
+        self.session = session
+        self.artifact = artifact
+        self.settings = settings
+        self.executed_precision = executed
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=True))
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime with the best execution provider present."""
+
+    name: ClassVar[str] = "ort"
+    aliases: ClassVar[tuple[str, ...]] = ("onnxruntime",)
+
+    def unavailable_reason(self) -> str | None:
+        return missing_package_reason("ort", "onnxruntime", "onnx")
+
+    def version(self) -> str:
+        v = module_version("onnxruntime")
+        return v if v != "not installed" else module_version("onnxruntime-gpu")
+
+    def providers(self) -> list[str]:
+        """Execution providers to use, best first (GPU EPs only on device cuda/trt or auto)."""
+        import onnxruntime as ort
+
+        have = ort.get_available_providers()
+        wanted = {"cpu": [], "cuda": ["CUDAExecutionProvider"],
+                  "trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+                  "auto": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}.get(self.device, [])
+        return [p for p in wanted if p in have] + ["CPUExecutionProvider"]
+
+    def load(self, model: ExportedModel, precision: Precision, workdir: Path,
+             calibration: Sequence[Feeds] | None = None) -> Session:
+        recipe: dict[str, Any] = {}
+        if precision is Precision.FP32:
+            path = model.onnx_path
+        elif precision is Precision.FP16:
+            path = cached(model.artifact("ort-fp16.onnx"), lambda tmp: _to_fp16(model, tmp))
+            recipe = {"recipe": "onnxsim simplify -> onnxconverter_common float16, keep_io_types=True"}
+        else:
+            if not calibration:
+                raise ConversionError("ort int8: static quantization needs calibration data and none was given")
+            path, recipe = self._int8(model, calibration)
+        return self._session(path, precision, recipe, model)
+
+    def _options(self) -> Any:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        return so
+
+    def _session(self, path: Path, precision: Precision, recipe: dict[str, Any], model: ExportedModel) -> Session:
+        import onnxruntime as ort
+
+        providers = self.providers()
+        try:
+            session = ort.InferenceSession(str(path), self._options(), providers=providers)
+        except Exception as exc:
+            raise ConversionError(f"onnxruntime could not load {path.name}: {exc}") from exc
+        executed = self._executed_precision(path, providers, model,
+                                            storage="fp16" if precision is Precision.FP16 else None)
+        settings = {"threads": self.threads, "inter_op_threads": 1, "providers": session.get_providers(),
+                    "graph_optimization": "ORT_ENABLE_ALL", **recipe}
+        return OrtSession(session, path, settings, executed)
+
+    def _executed_precision(self, path: Path, providers: list[str], model: ExportedModel, storage: str | None) -> str:
+        """Run once under ORT's profiler and count the input types of the compute kernels that ran."""
+        import onnxruntime as ort
+
+        so = self._options()
+        so.enable_profiling = True
+        so.profile_file_prefix = str(path.parent / f".ort-profile-{os.getpid()}")
+        session = ort.InferenceSession(str(path), so, providers=providers)
+        session.run(None, model.example_feeds())
+        profile = Path(session.end_profiling())
+        try:
+            events = json.loads(profile.read_text())
+        finally:
+            profile.unlink(missing_ok=True)
+        counts: Counter[str] = Counter()
+        for ev in events:
+            args = ev.get("args", {})
+            op = args.get("op_name")
+            if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or op not in COMPUTE_OPS:
+                continue
+            types = [next(iter(t)) for t in args.get("input_type_shape", []) if t]
+            counts["int8" if op in INTEGER_OPS else (types[0] if types else "unknown")] += 1
+        if storage is not None and counts and set(counts) <= {"float"}:
+            return summarize(counts, storage=storage)
+        return summarize(counts)
+
+    def _int8(self, model: ExportedModel, calibration: Sequence[Feeds]) -> tuple[Path, dict[str, Any]]:
+        digest = hashlib.sha256()
+        for feeds in calibration:
+            for k in sorted(feeds):
+                digest.update(k.encode() + np.ascontiguousarray(feeds[k]).tobytes())
+        key = digest.hexdigest()[:12]
+        recipe = {"recipe": "static QDQ, QUInt8 activations, QInt8 per-channel weights, MinMax calibration",
+                  "calibration_samples": len(calibration), "quant_pre_process": True}
+        try:
+            path = cached(model.artifact(f"ort-int8-static-{key}.onnx"),
+                          lambda tmp: _quantize_static(model.onnx_path, tmp, calibration))
+            return path, recipe
+        except Exception as exc:  # noqa: BLE001 - fall back to dynamic quantization and say so
+            static_error = f"{type(exc).__name__}: {exc}"
+        try:
+            path = cached(model.artifact("ort-int8-dynamic.onnx"), lambda tmp: _quantize_dynamic(model.onnx_path, tmp))
+        except Exception as exc:
+            raise ConversionError(f"ort int8: static quantization failed ({static_error}) and dynamic "
+                                  f"quantization failed ({type(exc).__name__}: {exc})") from exc
+        return path, {"recipe": "dynamic quantization, QInt8 weights (static QDQ failed)",
+                      "static_error": static_error[:500]}
+
+
+def _to_fp16(model: ExportedModel, out: Path) -> None:
+    import onnx
+    from onnxconverter_common import float16
+
+    graph = onnx.load(str(model.onnx_path))
+    try:
+        import onnxsim
+
+        graph, ok = onnxsim.simplify(graph)
+        if not ok:
+            graph = onnx.load(str(model.onnx_path))
+    except ImportError:
+        pass
+    onnx.save(float16.convert_float_to_float16(graph, keep_io_types=True), str(out))
+
+
+class _Reader:
+    """onnxruntime.quantization CalibrationDataReader over host feeds."""
+
+    def __init__(self, calibration: Sequence[Feeds]) -> None:
+        self._it: Iterator[Feeds] = iter(calibration)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        nxt = next(self._it, None)
+        return dict(nxt) if nxt is not None else None
+
+
+def _quantize_static(src: Path, out: Path, calibration: Sequence[Feeds]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out.with_name("pre.onnx")
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+    except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; plain ONNX inference then
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+
+
+def _quantize_dynamic(src: Path, out: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8)

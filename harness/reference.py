@@ -1,0 +1,42 @@
+"""PyTorch references: FP32 eager outputs (the verdict's reference) and FP64 (the error floor)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from harness.types import Feeds
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def run_torch(module: nn.Module, feeds: Feeds, input_names: Sequence[str], output_names: Sequence[str],
+              dtype: str | None = None) -> dict[str, np.ndarray]:
+    """Run a torch module on host arrays; float inputs are cast to ``dtype`` when given."""
+    import torch
+
+    args = []
+    for name in input_names:
+        t = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+        if dtype is not None and t.is_floating_point():
+            t = t.to(getattr(torch, dtype))
+        args.append(t)
+    with torch.inference_mode():
+        outs = module(*args)
+    outs = outs if isinstance(outs, tuple | list) else (outs,)
+    if len(outs) != len(output_names):
+        raise ValueError(f"model returned {len(outs)} outputs but declares {len(output_names)}: {list(output_names)}")
+    return {n: o.detach().cpu().numpy().copy() for n, o in zip(output_names, outs, strict=True)}
+
+
+def references(module: nn.Module, sets: Mapping[str, Feeds], input_names: Sequence[str],
+               output_names: Sequence[str]) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]:
+    """FP32 and FP64 PyTorch outputs for every named input set."""
+    fp32 = {k: run_torch(module, f, input_names, output_names) for k, f in sets.items()}
+    module64 = copy.deepcopy(module).double()
+    fp64 = {k: run_torch(module64, f, input_names, output_names, dtype="float64") for k, f in sets.items()}
+    return fp32, fp64

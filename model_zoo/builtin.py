@@ -1,0 +1,5 @@
+"""Imports every built-in zoo module so its models register."""
+
+from __future__ import annotations
+
+from model_zoo import sequence, vision  # noqa: F401
