@@ -196,13 +196,14 @@ def _export(model: ExportedModel, path: Path, exporter: str, opset: int) -> list
     import torch
 
     from harness.inputs import export_example
+    from harness.reference import mha_fastpath_disabled
 
     spec = model.spec
     example = export_example(spec)
     args = tuple(torch.from_numpy(example[t.name]) for t in spec.inputs)
     dynamic_axes: dict[str, dict[int, str]] = {t.name: t.dynamic_axes for t in spec.inputs if t.dynamic_axes}
     if dynamic_axes:  # outputs follow the inputs' dynamic sizes: let every output axis be free
-        with torch.no_grad():
+        with torch.no_grad(), mha_fastpath_disabled():
             outs = model.module()(*args)
         outs = outs if isinstance(outs, tuple | list) else (outs,)
         for name, out in zip(spec.outputs, outs, strict=False):
@@ -210,7 +211,8 @@ def _export(model: ExportedModel, path: Path, exporter: str, opset: int) -> list
     caught: list[str] = []
     stderr = io.StringIO()
     try:
-        with warnings.catch_warnings(record=True) as records, contextlib.redirect_stderr(stderr), torch.no_grad():
+        with warnings.catch_warnings(record=True) as records, contextlib.redirect_stderr(stderr), torch.no_grad(), \
+                mha_fastpath_disabled():
             warnings.simplefilter("always")
             kwargs: dict[str, Any] = dict(input_names=[t.name for t in spec.inputs], output_names=list(spec.outputs),
                                           opset_version=opset, dynamic_axes=dynamic_axes or None)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,6 +13,24 @@ from harness.types import Feeds
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+@contextlib.contextmanager
+def mha_fastpath_disabled() -> Iterator[None]:
+    """Run transformer layers through their standard ops, not the fused inference fast path.
+
+    The fused ``_transformer_encoder_layer_fwd`` cannot be exported (ONNX, pnnx)
+    and breaks dynamically quantized Linear layers; the reference and every
+    tracer see the same decomposed graph.
+    """
+    import torch
+
+    before = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(before)
 
 
 def run_torch(module: nn.Module, feeds: Feeds, input_names: Sequence[str], output_names: Sequence[str],
@@ -25,7 +44,7 @@ def run_torch(module: nn.Module, feeds: Feeds, input_names: Sequence[str], outpu
         if dtype is not None and t.is_floating_point():
             t = t.to(getattr(torch, dtype))
         args.append(t)
-    with torch.inference_mode():
+    with torch.inference_mode(), mha_fastpath_disabled():
         outs = module(*args)
     outs = outs if isinstance(outs, tuple | list) else (outs,)
     if len(outs) != len(output_names):

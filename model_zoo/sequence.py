@@ -34,8 +34,10 @@ class LSTMClassifier(nn.Module):
         return self.head(out[:, -1])
 
 
+# The TorchScript exporter freezes the traced sequence length into the attention Reshapes
+# (the export then fails at any other length); the dynamo exporter keeps it symbolic.
 @register_model(inputs=[TensorSpec("input", (1, "seq", 256))], tags={"sequence", "transformer"},
-                dynamic_sizes={"seq": (32, 17)})
+                dynamic_sizes={"seq": (32, 17)}, exporter="dynamo")
 def transformer_encoder() -> nn.Module:
     """Two transformer encoder layers, d_model 256, 8 heads, float input."""
     return TransformerEncoder()
@@ -49,7 +51,7 @@ def lstm() -> nn.Module:
 
 
 @register_model(inputs=[TensorSpec("input", (1, "seq", 32))], tags={"sequence", "transformer", "ci"},
-                dynamic_sizes={"seq": (8, 5)})
+                dynamic_sizes={"seq": (8, 5)}, exporter="dynamo")
 def transformer_tiny() -> nn.Module:
     """One transformer encoder layer, d_model 32, 4 heads (CI)."""
     return TransformerEncoder(d_model=32, nhead=4, layers=1, ff=64)

@@ -77,8 +77,9 @@ class OrtBackend(Backend):
         if precision is Precision.FP32:
             path = model.onnx_path
         elif precision is Precision.FP16:
-            path = cached(model.artifact("ort-fp16.onnx"), lambda tmp: _to_fp16(model, tmp))
-            recipe = {"recipe": "onnxsim simplify -> onnxconverter_common float16, keep_io_types=True"}
+            path = cached(model.artifact("ort-fp16.onnx"), lambda tmp: _to_fp16(model, tmp), extra_files=(".variant",))
+            variant = path.with_suffix(".variant").read_text()
+            recipe = {"recipe": f"onnxconverter_common float16 (keep_io_types=True), graph: {variant}"}
         else:
             if not calibration:
                 raise ConversionError("ort int8: static quantization needs calibration data and none was given")
@@ -160,19 +161,49 @@ class OrtBackend(Backend):
 
 
 def _to_fp16(model: ExportedModel, out: Path) -> None:
+    """FP16 graph with FP32 I/O: plain conversion first, then after onnxslim simplification.
+
+    Each candidate is loaded by ORT in a child process before it is accepted:
+    some converted graphs fail ORT's type check and some (simplified
+    transformers here) crash ORT's session creation outright.
+    """
     import onnx
     from onnxconverter_common import float16
 
-    graph = onnx.load(str(model.onnx_path))
-    try:
-        import onnxsim
+    failures = []
+    for variant in ("plain", "onnxslim"):
+        graph = onnx.load(str(model.onnx_path))
+        try:
+            if variant == "onnxslim":
+                import onnxslim
 
-        graph, ok = onnxsim.simplify(graph)
-        if not ok:
-            graph = onnx.load(str(model.onnx_path))
-    except ImportError:
-        pass
-    onnx.save(float16.convert_float_to_float16(graph, keep_io_types=True), str(out))
+                graph = onnxslim.slim(graph)
+            onnx.save(float16.convert_float_to_float16(graph, keep_io_types=True), str(out))
+        except Exception as exc:  # noqa: BLE001 - try the next variant, report all
+            failures.append(f"{variant}: conversion raised {type(exc).__name__}: {exc}")
+            continue
+        problem = _load_problem(out)
+        if problem is None:
+            out.with_suffix(".variant").write_text(variant)
+            return
+        failures.append(f"{variant}: {problem}")
+    raise ConversionError("ort fp16: no FP16 conversion loads in onnxruntime: " + "; ".join(failures))
+
+
+def _load_problem(path: Path) -> str | None:
+    """None if ORT can create a session for ``path`` in a child process, else what went wrong."""
+    import subprocess
+    import sys
+
+    code = "import sys, onnxruntime as o; o.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])"
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=600)
+    if proc.returncode == 0:
+        return None
+    if proc.returncode < 0:
+        import signal
+
+        return f"onnxruntime crashed loading it ({signal.Signals(-proc.returncode).name})"
+    return "onnxruntime refused it: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
 
 
 class _Reader:

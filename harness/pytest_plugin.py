@@ -1,0 +1,285 @@
+"""The pytest plugin: options, parametrization from the registries, records, summary.
+
+Loaded by the repository's ``conftest.py`` (``pytest_plugins``). A test that
+takes the ``case`` fixture is parametrized over model x backend x precision
+(ids like ``resnet18-ort-int8``); ``harness_run(case)`` runs it through
+``harness.runner`` (in a child process unless ``--in-process``), appends the
+record and turns non-verdict outcomes into skips/xfails with their reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import backends
+from harness.errors import HarnessError, UnknownNameError
+from harness.results import Record, ResultStore, new_run_id
+from harness.runner import CaseRequest, run_case
+from harness.types import Precision, Status
+
+CASE_MARKER = "harness_cases"
+CASE_MARKER_KEYS = {"tags", "models", "backends", "precisions", "suite"}
+
+
+@dataclass
+class HarnessConfig:
+    """Resolved session options, kept in ``config.stash``."""
+
+    backends: list[str]
+    explicit_backends: bool
+    precisions: list[Precision]
+    model_patterns: list[str]
+    tags: list[str]
+    zoo_files: tuple[str, ...]
+    store: ResultStore
+    threads: int | None
+    in_process: bool
+    case_timeout_s: float
+    shard: tuple[int, int] | None
+    report: bool
+    measure: dict[str, Any]
+    prepared: bool = False
+    records: list[Record] = field(default_factory=list)
+
+
+HARNESS_KEY = pytest.StashKey[HarnessConfig]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "inference conformance harness")
+    group.addoption("--backend", action="append", default=[], metavar="NAME",
+                    help="backend to run (repeatable): torch, ort, ov, ncnn, trt (aliases onnxruntime, openvino, "
+                         "tensorrt). Default: every available backend; unavailable ones are skipped with the reason.")
+    group.addoption("--precision", action="append", default=[], metavar="P",
+                    help="fp32, fp16 or int8 (repeatable; default all three)")
+    group.addoption("--model", action="append", default=[], metavar="PATTERN",
+                    help="zoo models to run, shell wildcards (repeatable; default all)")
+    group.addoption("--tag", action="append", default=[], metavar="TAG",
+                    help="only models carrying this tag (repeatable: all must match), e.g. --tag ci")
+    group.addoption("--zoo-file", action="append", default=[], metavar="PATH",
+                    help="a Python file whose @register_model functions join the zoo (repeatable; trusted code)")
+    group.addoption("--results-dir", default="results", metavar="DIR",
+                    help="where run directories are written (default: results/)")
+    group.addoption("--run-id", default=None, help="run id (default: UTC time + random suffix)")
+    group.addoption("--threads", type=int, default=None, help="engine threads (default: usable CPUs)")
+    group.addoption("--in-process", action="store_true",
+                    help="run cases in the pytest process (debugging) instead of one child process per case")
+    group.addoption("--case-timeout", type=float, default=600.0, metavar="SECONDS",
+                    help="per-case time limit in the child process; exceeding it records 'timeout' (default 600)")
+    group.addoption("--shard", default=None, metavar="I/N",
+                    help="run only shard I of N (1-based; stable assignment by test id) for CI matrices")
+    group.addoption("--no-report", action="store_true", help="do not write the HTML report at the end")
+    group.addoption("--bench", action="store_true",
+                    help="longer, steadier measurements in perf suites (min 5 s and 50 iterations per case)")
+    group.addoption("--batch", default=None, metavar="SIZES",
+                    help="batch sizes for the throughput sweep in perf suites, e.g. 1,8 (default: 1 and the "
+                         "model's declared batch sizes)")
+
+
+def _usage(msg: str) -> pytest.UsageError:
+    return pytest.UsageError(msg)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{CASE_MARKER}(tags=, models=, backends=, precisions=, suite=): "
+                                       "restrict the cases a suite test is parametrized over")
+    opt = config.option
+    try:
+        from model_zoo import load_zoo_file
+
+        for f in opt.zoo_file:
+            load_zoo_file(f)
+        explicit = [backends.canonical(b) for b in opt.backend]
+        precisions = [Precision.parse(p) for p in opt.precision] or list(Precision)
+    except (HarnessError, ValueError) as exc:
+        raise _usage(str(exc)) from None
+    if explicit:
+        for name in explicit:
+            reason = backends.get(name)().unavailable_reason()
+            if reason is not None:
+                raise _usage(f"--backend {name} was requested but cannot run here: {reason}. "
+                             f"Known backends: {', '.join(backends.names())}; "
+                             f"available here: {', '.join(backends.available()) or 'none'}.")
+    run_id = getattr(config, "workerinput", {}).get("harness_run_id") or opt.run_id or new_run_id()
+    shard = _parse_shard(opt.shard) if opt.shard else None
+    measure = {"min_time_s": 5.0, "min_iterations": 50, "warmup": 10} if opt.bench else \
+        {"min_time_s": 1.0, "min_iterations": 10, "warmup": 3}
+    if opt.batch:
+        measure["batches"] = [int(b) for b in opt.batch.split(",")]
+    config.stash[HARNESS_KEY] = HarnessConfig(
+        backends=list(dict.fromkeys(explicit)) or backends.names(), explicit_backends=bool(explicit),
+        precisions=list(dict.fromkeys(precisions)), model_patterns=opt.model or ["*"], tags=opt.tag,
+        zoo_files=tuple(str(Path(f).resolve()) for f in opt.zoo_file),
+        store=ResultStore(opt.results_dir, run_id), threads=opt.threads, in_process=opt.in_process,
+        case_timeout_s=opt.case_timeout, shard=shard, report=not opt.no_report, measure=measure,
+    )
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise _usage(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. --shard 2/4") from None
+    if not 1 <= i <= n:
+        raise _usage(f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. --shard 2/4")
+    return i, n
+
+
+def pytest_configure_node(node: Any) -> None:
+    """xdist controller: every worker writes into the controller's run."""
+    node.workerinput["harness_run_id"] = node.config.stash[HARNESS_KEY].store.run_id
+
+
+def _marker_kwargs(metafunc: pytest.Metafunc) -> dict[str, Any]:
+    marker = metafunc.definition.get_closest_marker(CASE_MARKER)
+    if marker is None:
+        return {}
+    unknown = set(marker.kwargs) - CASE_MARKER_KEYS
+    if unknown or marker.args:
+        raise _usage(f"{metafunc.definition.nodeid}: @pytest.mark.{CASE_MARKER} takes keywords "
+                     f"{sorted(CASE_MARKER_KEYS)}; got {sorted(unknown) or marker.args}")
+    return dict(marker.kwargs)
+
+
+def selected_models(hc: HarnessConfig, tags: list[str] = (), models: list[str] | None = None) -> list[str]:
+    """Zoo models selected by --model/--tag and the suite marker; unknown explicit names raise."""
+    from model_zoo import list_models
+
+    names = list_models(hc.model_patterns, [*hc.tags, *tags])
+    for pattern in hc.model_patterns:
+        if not any(c in pattern for c in "*?[") and not list_models(pattern):
+            from model_zoo import get_model
+
+            try:
+                get_model(pattern)
+            except UnknownNameError as exc:
+                raise _usage(str(exc)) from None
+    if models is not None:
+        names = [n for n in names if n in models]
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    hc = metafunc.config.stash[HARNESS_KEY]
+    kw = _marker_kwargs(metafunc)
+    suite = kw.get("suite") or metafunc.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    models = selected_models(hc, kw.get("tags", []), kw.get("models"))
+    if "case" in metafunc.fixturenames:
+        bnames = [b for b in hc.backends if kw.get("backends") is None or b in kw["backends"]]
+        precs = [p for p in hc.precisions if kw.get("precisions") is None or p.value in kw["precisions"]]
+        cases = [CaseRequest(m, b, p, run_id=hc.store.run_id, suite=suite, threads=hc.threads,
+                             zoo_files=hc.zoo_files, test_id=f"{m}-{b}-{p.value}")
+                 for m in models for b in bnames for p in precs]
+        metafunc.parametrize("case", cases, ids=[c.test_id for c in cases])
+    elif "zoo_model" in metafunc.fixturenames:
+        metafunc.parametrize("zoo_model", models, ids=models)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    hc = config.stash[HARNESS_KEY]
+    if hc.shard is None:
+        return
+    import zlib
+
+    i, n = hc.shard
+    keep, drop = [], []
+    for item in items:
+        (keep if zlib.crc32(item.nodeid.encode()) % n == i - 1 else drop).append(item)
+    items[:] = keep
+    config.hook.pytest_deselected(items=drop)
+
+
+def _is_case_item(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and ("case" in callspec.params or "zoo_model" in callspec.params)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    hc = session.config.stash[HARNESS_KEY]
+    if not any(_is_case_item(i) for i in session.items) or hasattr(session.config, "workerinput"):
+        return
+    try:
+        hc.store.prepare()
+        hc.store.write_run_info(started_at=time.time(), argv=sys.argv[1:], backends=hc.backends,
+                                precisions=[p.value for p in hc.precisions], shard=hc.shard)
+    except OSError as exc:
+        pytest.exit(str(exc), returncode=4)
+    hc.prepared = True
+
+
+def execute(hc: HarnessConfig, case: CaseRequest) -> Record:
+    """Run one case (child process unless --in-process) and append its record."""
+    if hc.in_process:
+        record = run_case(case)
+    else:
+        from harness.worker import run_in_subprocess
+
+        record = run_in_subprocess(case, timeout_s=hc.case_timeout_s)
+    hc.store.append(record)
+    hc.records.append(record)
+    return record
+
+
+def apply_outcome(record: Record) -> Record:
+    """Skip/xfail per status; return the record for the suite to assert on."""
+    status = Status(record.status)
+    if status in (Status.SKIPPED, Status.UNSUPPORTED):
+        pytest.skip(f"{record.status}: {record.reason}")
+    if status is Status.XFAIL:
+        pytest.xfail(record.reason)
+    if status is Status.FALLBACK:
+        pytest.xfail(f"precision fallback: {record.reason}")
+    return record
+
+
+@pytest.fixture
+def harness_config(request: pytest.FixtureRequest) -> HarnessConfig:
+    """The session's resolved harness options."""
+    return request.config.stash[HARNESS_KEY]
+
+
+@pytest.fixture
+def harness_run(harness_config: HarnessConfig) -> Callable[..., Record]:
+    """``harness_run(case, **changes)``: run a case, record it, apply skip/xfail outcomes, return the record."""
+
+    def run(case: CaseRequest, **changes: Any) -> Record:
+        if changes:
+            case = replace(case, **changes)
+        return apply_outcome(execute(harness_config, case))
+
+    return run
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    hc = config.stash.get(HARNESS_KEY, None)
+    if hc is None or not hc.prepared:
+        return
+    from harness.summary import status_table
+
+    records = hc.store.records()
+    tr = terminalreporter
+    tr.section("harness")
+    if records:
+        for line in status_table(records).splitlines():
+            tr.write_line(line)
+    tr.write_line(f"records: {hc.store.records_path} ({len(records)} records)")
+    hc.store.write_run_info(finished_at=time.time(), records=len(records), exitstatus=int(exitstatus))
+    if hc.report and records:
+        try:
+            from harness.report import build_report
+
+            path = build_report([hc.store.dir], hc.store.dir / "report.html")
+            tr.write_line(f"report:  {path}")
+        except ImportError:
+            pass
+        except Exception as exc:  # the run's records are safe; a report failure must not hide them
+            tr.write_line(f"report:  not written ({type(exc).__name__}: {exc}); "
+                          f"retry with: harness report {hc.store.dir}", red=True)
