@@ -137,6 +137,10 @@ def _run(req: CaseRequest, base: Record, timings: dict[str, float], workdir: Pat
             export=export_info,
         )
         record = replace(record, **_verdict(req.precision, result, record))
+        if req.options.get("accuracy") and spec.evaluate is not None:
+            done = _clock(timings, "accuracy")
+            record = replace(record, accuracy=float(spec.evaluate(session.run)))
+            done()
         if req.measure is not None and record.status in (Status.PASS.value, Status.FALLBACK.value):
             record = _measure(req, spec, session, record)
     if known is not None:

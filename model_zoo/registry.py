@@ -65,6 +65,8 @@ class ModelSpec:
     known_failures: Mapping[str, KnownFailure] = field(default_factory=dict)
     input_sets: Callable[[np.random.Generator], Mapping[str, Feeds]] | None = None
     calibration: Callable[[int], Sequence[Feeds]] | None = None
+    example: Callable[[], Feeds] | None = None
+    evaluate: Callable[[Callable[[Feeds], Mapping[str, np.ndarray]]], float] | None = None
     opset: int = 17
     exporter: str = "torchscript"
     source: str = ""
@@ -124,6 +126,8 @@ def register_model(
     known_failures: Mapping[str, KnownFailure | str] | None = None,
     input_sets: Callable[[np.random.Generator], Mapping[str, Feeds]] | None = None,
     calibration: Callable[[int], Sequence[Feeds]] | None = None,
+    example: Callable[[], Feeds] | None = None,
+    evaluate: Callable[[Callable[[Feeds], Mapping[str, np.ndarray]]], float] | None = None,
     opset: int = 17,
     exporter: str = "torchscript",
     name: str | None = None,
@@ -139,6 +143,9 @@ def register_model(
         known_failures: ``"backend:precision"`` (wildcards allowed) -> reason or KnownFailure.
         input_sets: domain inputs: ``rng -> {set_name: feeds}`` used instead of random normal.
         calibration: ``count -> [feeds, ...]`` INT8 calibration data from the model's domain.
+        example: ``() -> feeds`` to trace/export with (default: seeded uniform [0, 1) at default sizes).
+        evaluate: task metric: called with a ``run(feeds) -> outputs`` function of any engine session,
+            returns e.g. held-out accuracy; the accuracy suite records it per backend x precision.
         opset: ONNX opset to export at.
         exporter: ``torchscript`` (torch.onnx.export dynamo=False) or ``dynamo``.
         name: registry name; defaults to the function name.
@@ -166,6 +173,8 @@ def register_model(
             },
             input_sets=input_sets,
             calibration=calibration,
+            example=example,
+            evaluate=evaluate,
             opset=opset,
             exporter=exporter,
             source=where,
