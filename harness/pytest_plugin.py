@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from harness import backends
-from harness.errors import HarnessError, UnknownNameError
+from harness.errors import HarnessError
 from harness.results import Record, ResultStore, new_run_id
 from harness.runner import CaseRequest, run_case
 from harness.types import Precision, Status
@@ -97,6 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
         for f in opt.zoo_file:
             load_zoo_file(f)
+        check_model_names(opt.model)
         explicit = [backends.canonical(b) for b in opt.backend]
         precisions = [Precision.parse(p) for p in opt.precision] or list(Precision)
     except (HarnessError, ValueError) as exc:
@@ -149,19 +150,20 @@ def _marker_kwargs(metafunc: pytest.Metafunc) -> dict[str, Any]:
     return dict(marker.kwargs)
 
 
+def check_model_names(patterns: list[str]) -> None:
+    """An explicit (wildcard-free) --model name that does not exist is a usage error listing what exists."""
+    from model_zoo import get_model
+
+    for pattern in patterns:
+        if not any(c in pattern for c in "*?["):
+            get_model(pattern)
+
+
 def selected_models(hc: HarnessConfig, tags: list[str] = (), models: list[str] | None = None) -> list[str]:
-    """Zoo models selected by --model/--tag and the suite marker; unknown explicit names raise."""
+    """Zoo models selected by --model/--tag and the suite marker."""
     from model_zoo import list_models
 
     names = list_models(hc.model_patterns, [*hc.tags, *tags])
-    for pattern in hc.model_patterns:
-        if not any(c in pattern for c in "*?[") and not list_models(pattern):
-            from model_zoo import get_model
-
-            try:
-                get_model(pattern)
-            except UnknownNameError as exc:
-                raise _usage(str(exc)) from None
     if models is not None:
         names = [n for n in names if n in models]
     return names

@@ -70,7 +70,7 @@ def probe_environment() -> TrtEnvironment:
         return TrtEnvironment(tensorrt_found=False)
     try:
         importlib.import_module("tensorrt")
-    except Exception as exc:  # noqa: BLE001 - any import failure (missing .so, ABI) is the reason itself
+    except Exception as exc:  # any import failure (missing .so, ABI mismatch) is the reason itself
         return TrtEnvironment(tensorrt_found=True, import_error=f"{type(exc).__name__}: {exc}")
     torch_cuda, torch_version = False, "not installed"
     try:
@@ -168,7 +168,7 @@ class CalibrationCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_bytes(bytes(data))
-        os.replace(tmp, self.path)
+        tmp.replace(self.path)
 
 
 # --- engine cache key --------------------------------------------------------------------------------------------
@@ -192,7 +192,8 @@ def quantize_qdq(src: Path, out: Path, calibration: Sequence[Feeds]) -> None:
 
     ORT's recipe for its own CPU EP (u8 asymmetric activations) is rejected by
     TensorRT's ONNX parser ("zero point must be 0", INT8 only), hence QInt8 with
-    ``ActivationSymmetric``; only the inputs of weighted layers are quantized.
+    ``ActivationSymmetric``; biases stay float (ORT's int32 bias DequantizeLinear
+    is no INT8 Q/DQ pair); only the inputs of weighted layers are quantized.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -202,12 +203,12 @@ def quantize_qdq(src: Path, out: Path, calibration: Sequence[Feeds]) -> None:
     pre = out.with_name("pre.onnx")
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-    except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; plain ONNX inference then
+    except Exception:  # symbolic shape inference fails on some graphs: plain ONNX inference then
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QDQ_OPS),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
 
 
 def trt_qdq_violations(path: Path) -> list[str]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness.compare import DEFAULT_KEY, DEFAULT_TOLERANCES, Tolerance, ToleranceSpec
 from harness.errors import HarnessError, UnknownNameError
-from harness.types import Feeds, Precision, TensorSpec
+from harness.types import Feeds, Precision, Status, TensorSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -114,6 +114,24 @@ class ModelSpec:
 
 
 _MODELS: dict[str, ModelSpec] = {}
+_UNAVAILABLE: dict[str, str] = {}
+
+
+class ModelUnavailable(HarnessError):
+    """A known model that cannot be built here (an optional package is missing); cases record ``skipped``."""
+
+    status = Status.SKIPPED
+
+
+def mark_unavailable(name: str, reason: str) -> None:
+    """Record that optional model ``name`` exists but cannot be built here, and why (the skip reason)."""
+    _UNAVAILABLE[name] = reason
+
+
+def unavailable_models() -> dict[str, str]:
+    """Optional models not registered on this machine -> the reason (what to install)."""
+    _load_builtin()
+    return dict(_UNAVAILABLE)
 
 
 def register_model(
@@ -210,6 +228,12 @@ def _load_builtin() -> None:
 def get_model(name: str) -> ModelSpec:
     """The spec of one model; unknown names raise with the closest known ones."""
     _load_builtin()
+    if name in _UNAVAILABLE and name not in _MODELS:
+        raise ModelUnavailable(_UNAVAILABLE[name])
+    if ":" in name and name not in _MODELS:  # catalog specs: torchvision:NAME, timm:NAME
+        from model_zoo.catalog import resolve
+
+        add_model(resolve(name))
     try:
         return _MODELS[name]
     except KeyError:

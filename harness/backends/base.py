@@ -127,7 +127,11 @@ def missing_package_reason(backend: str, *modules: str) -> str | None:
     import importlib.util
 
     for mod in modules:
-        if importlib.util.find_spec(mod) is None:
+        try:
+            found = importlib.util.find_spec(mod) is not None
+        except (ImportError, ValueError):  # a broken or blocked package counts as absent
+            found = False
+        if not found:
             return f"{backend}: Python package {mod!r} not installed (pip install -e '.[{backend}]')"
     return None
 

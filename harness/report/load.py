@@ -172,10 +172,25 @@ def load_runs(paths: Sequence[str | Path] | str | Path, *, require_records: bool
 
 
 def latest(frame: pd.DataFrame, *, with_latency: bool = False) -> pd.DataFrame:
-    """The newest record of each case (optionally: the newest one that has latency data)."""
+    """The newest record of each case, in model/backend/precision order.
+
+    ``with_latency`` then keeps only those that have latency: a case whose newest
+    record failed shows no (stale) timing.
+    """
+    newest = frame.sort_values("started_at", kind="stable").drop_duplicates(CASE_KEY, keep="last")
     if with_latency:
-        frame = frame[frame["has_latency"]]
-    return frame.sort_values("started_at", kind="stable").drop_duplicates(CASE_KEY, keep="last")
+        newest = newest[newest["has_latency"]]
+    return sort_cases(newest)
+
+
+def sort_cases(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows ordered by model, then backend and precision in their usual order."""
+    bk = order_key(frame["backend"].unique(), BACKEND_ORDER)
+    pk = order_key(frame["precision"].unique(), PRECISION_ORDER)
+    keys = [(m, s, bk[b], pk[p]) for m, s, b, p in
+            zip(frame["model"], frame["suite"], frame["backend"], frame["precision"], strict=True)]
+    order = sorted(range(len(frame)), key=keys.__getitem__)
+    return frame.iloc[order]
 
 
 def order_key(values: Iterable[str], order: list[str]) -> dict[str, tuple[int, str]]:

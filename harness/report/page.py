@@ -160,7 +160,8 @@ main{max-width:1480px;margin:0 auto;padding:18px 24px 60px}
 dl.kv{display:grid;grid-template-columns:max-content 1fr;gap:3px 14px;margin:0}
 dl.kv dt{color:#5b6475}
 dl.kv dd{margin:0;word-break:break-word}
-.st{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;white-space:nowrap}
+.st{display:inline-block;margin:1px 3px 1px 0;padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;
+ white-space:nowrap}
 .badges .st{margin:2px 4px 2px 0;font-size:12.5px}
 .tablebox{margin:6px 0 4px}
 .tools{margin:4px 0 6px}
@@ -173,9 +174,9 @@ table.data th{position:sticky;top:0;background:#eef1f6;text-align:left;padding:6
 table.data th:after{content:" \\2195";color:#9aa3b2;font-size:11px}
 table.data th[aria-sort=ascending]:after{content:" \\25B2";color:#1f2a3c}
 table.data th[aria-sort=descending]:after{content:" \\25BC";color:#1f2a3c}
-table.data td{padding:4px 8px;border-bottom:1px solid #eef0f4;vertical-align:top}
+table.data td{padding:4px 8px;border-bottom:1px solid #eef0f4;vertical-align:top;white-space:nowrap}
 table.data td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-table.data td.wide{min-width:280px;max-width:640px;word-break:break-word}
+table.data td.wide{min-width:320px;max-width:720px;white-space:normal;word-break:break-word}
 table.data tr:hover td{background:#f7f9fc}
 tr.regression td{background:#fdecea}
 tr.improved td{background:#eaf7ee}

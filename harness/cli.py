@@ -1,0 +1,142 @@
+"""The ``harness`` command: backends, models, run, report, compare, trend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from harness.errors import HarnessError
+
+
+def _cmd_backends(args: argparse.Namespace) -> int:
+    from harness import backends
+
+    rows = []
+    for name in backends.names(include_hidden=args.all):
+        b = backends.get(name)()
+        reason = b.unavailable_reason()
+        rows.append((name, ",".join(b.aliases) or "-", ",".join(sorted(p.value for p in b.precisions)),
+                     b.version() if reason is None else "-", "yes" if reason is None else f"no: {reason}"))
+    _print_table(("backend", "aliases", "precisions", "version", "available"), rows)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from model_zoo import list_models, load_zoo_file
+
+    for f in args.zoo_file:
+        load_zoo_file(f)
+    names = list_models(args.pattern or ["*"], args.tag)
+    try:
+        from model_zoo.catalog import describe, format_table
+    except ImportError:
+        from model_zoo import get_model
+
+        _print_table(("model", "tags", "inputs"), [
+            (n, ",".join(sorted(get_model(n).tags)), "; ".join(f"{t.name}{list(t.shape)}:{t.dtype}"
+                                                              for t in get_model(n).inputs)) for n in names])
+        return 0
+    rows = describe(names)
+    print(json.dumps(rows, indent=2, default=str) if args.json else format_table(rows))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from harness.worker import run_one_cli
+
+    return run_one_cli(args.model, args.backend, args.precision, json_out=args.json, in_process=args.in_process,
+                       measure=not args.no_measure, timeout_s=args.timeout, zoo_files=tuple(args.zoo_file),
+                       threads=args.threads)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import build_report
+
+    print(build_report(args.results, args.output))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from harness.report import compare_runs
+
+    outcome = compare_runs(args.baseline, args.current, args.fail_on or ("p50:10%",), args.output)
+    print(outcome.text)
+    return outcome.exit_code
+
+
+def _cmd_trend(args: argparse.Namespace) -> int:
+    from harness.report import trend_report
+
+    print(trend_report(args.results, args.output))
+    return 0
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``harness`` command."""
+    p = argparse.ArgumentParser(prog="harness", description="Cross-backend inference conformance and benchmarks. "
+                                "Suites run with pytest: pytest suites/ --backend ort --precision int8")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("backends", help="list backends, their precisions and whether they can run here")
+    s.add_argument("--all", action="store_true", help="include hidden test-only backends")
+    s.set_defaults(func=_cmd_backends)
+
+    s = sub.add_parser("models", help="list zoo models with tags, inputs, parameters and FLOPs")
+    s.add_argument("pattern", nargs="*", help="shell wildcards (default: all)")
+    s.add_argument("--tag", action="append", default=[], help="only models with this tag (repeatable)")
+    s.add_argument("--zoo-file", action="append", default=[], help="a Python file registering more models")
+    s.add_argument("--json", action="store_true", help="JSON output")
+    s.set_defaults(func=_cmd_models)
+
+    s = sub.add_parser("run", help="run one case outside pytest and print its record")
+    s.add_argument("model")
+    s.add_argument("--backend", required=True, help="torch, ort, ov, ncnn, trt (or an alias)")
+    s.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default fp32)")
+    s.add_argument("--json", action="store_true", help="print the full record as JSON")
+    s.add_argument("--in-process", action="store_true", help="no child process (debugging)")
+    s.add_argument("--no-measure", action="store_true", help="conformance only, no latency/throughput")
+    s.add_argument("--timeout", type=float, default=600.0, help="case time limit in seconds (default 600)")
+    s.add_argument("--threads", type=int, default=None, help="engine threads (default: usable CPUs)")
+    s.add_argument("--zoo-file", action="append", default=[], help="a Python file registering more models")
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("report", help="write the HTML dashboard for one or more runs")
+    s.add_argument("results", nargs="+", help="run directories or results directories holding runs")
+    s.add_argument("-o", "--output", default="report.html", help="output HTML file (default report.html)")
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("compare", help="compare two runs; exit 1 on a regression beyond the thresholds")
+    s.add_argument("baseline")
+    s.add_argument("current")
+    s.add_argument("--fail-on", action="append", default=[], metavar="METRIC:THRESHOLD",
+                   help="e.g. p50:10%%, p99:20%%, cosine:0.001, peak_rss_mb:15%% (repeatable; default p50:10%%)")
+    s.add_argument("-o", "--output", default=None, help="also write an HTML comparison view")
+    s.set_defaults(func=_cmd_compare)
+
+    s = sub.add_parser("trend", help="p50 per case over many runs of the same machine")
+    s.add_argument("results", nargs="+")
+    s.add_argument("-o", "--output", default="trend.html")
+    s.set_defaults(func=_cmd_trend)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``harness`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (HarnessError, ValueError, FileNotFoundError) as exc:
+        print(f"harness {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Latency measurement: warm-up, then timed synchronous calls until a minimum time and count.
+
+Every call is timed on its own with ``time.perf_counter_ns`` (tens of
+nanoseconds of overhead, negligible against an inference call), so the
+percentiles are of single calls, the way ``benchmark_app -api sync`` reports
+them. A measurement whose coefficient of variation exceeds ``cv_threshold`` is
+flagged ``unstable``: reported, never presented as a fact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+RECORD_SAMPLES = 200
+"""At most this many per-call samples go into a record (evenly spaced, in call order)."""
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Statistics of one timed loop; times in milliseconds."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    stdev_ms: float
+    cv: float
+    min_ms: float
+    n: int
+    elapsed_s: float
+    samples_ms: tuple[float, ...]
+    unstable: bool
+
+    @property
+    def items_per_s(self) -> float:
+        """Calls per second at the mean latency."""
+        return 1000.0 / self.mean_ms if self.mean_ms > 0 else math.inf
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record's ``latency`` dict (samples capped at RECORD_SAMPLES)."""
+        return {
+            "p50_ms": self.p50_ms, "p90_ms": self.p90_ms, "p99_ms": self.p99_ms, "mean_ms": self.mean_ms,
+            "stdev_ms": self.stdev_ms, "cv": self.cv, "min_ms": self.min_ms, "n": self.n,
+            "elapsed_s": self.elapsed_s, "samples_ms": list(thin(self.samples_ms, RECORD_SAMPLES)),
+            "unstable": self.unstable,
+        }
+
+
+def thin(samples: tuple[float, ...] | list[float], count: int) -> tuple[float, ...]:
+    """``count`` evenly spaced samples in call order (all of them when there are fewer)."""
+    if len(samples) <= count:
+        return tuple(samples)
+    idx = np.linspace(0, len(samples) - 1, count).round().astype(int)
+    return tuple(samples[i] for i in idx)
+
+
+def summarize(samples_ns: list[int] | np.ndarray, *, elapsed_s: float = 0.0, cv_threshold: float = 0.1) -> Latency:
+    """Latency statistics of per-call durations given in nanoseconds."""
+    ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
+    if ms.size == 0:
+        raise ValueError("no samples to summarize: the timed loop ran zero calls")
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    mean = float(ms.mean())
+    stdev = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
+    cv = stdev / mean if mean > 0 else 0.0
+    return Latency(
+        p50_ms=round(p50, 6), p90_ms=round(p90, 6), p99_ms=round(p99, 6), mean_ms=round(mean, 6),
+        stdev_ms=round(stdev, 6), cv=round(cv, 5), min_ms=round(float(ms.min()), 6), n=int(ms.size),
+        elapsed_s=round(elapsed_s, 4), samples_ms=tuple(round(float(v), 6) for v in ms),
+        unstable=bool(cv > cv_threshold),
+    )
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    min_time_s: float = 1.0,
+    min_iterations: int = 10,
+    warmup: int = 3,
+    max_samples: int = 1000,
+    cv_threshold: float = 0.1,
+    sync: Callable[[], object] | None = None,
+) -> Latency:
+    """Time ``fn`` synchronously, one sample per call.
+
+    Args:
+        fn: the call to time (e.g. ``lambda: session.run(feeds)`` on host arrays).
+        min_time_s: keep calling until at least this much time was spent timing...
+        min_iterations: ...and at least this many calls were timed.
+        warmup: untimed calls first (allocation, JIT, cache warm-up).
+        max_samples: stop once this many calls were timed even if ``min_time_s`` has not
+            passed yet (very fast calls: enough samples for stable percentiles); never
+            fewer than ``min_iterations``.
+        cv_threshold: ``unstable`` is set when stdev/mean exceeds it.
+        sync: called inside the timed region after ``fn`` (device backends: wait for the
+            device so the sample covers the work, not only the launch).
+    """
+    if min_iterations < 1:
+        raise ValueError(f"min_iterations must be >= 1, got {min_iterations}")
+    for _ in range(warmup):
+        fn()
+        if sync is not None:
+            sync()
+    cap = max(max_samples, min_iterations)
+    min_time_ns = int(min_time_s * 1e9)
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+    start = clock()
+    while True:
+        t0 = clock()
+        fn()
+        if sync is not None:
+            sync()
+        t1 = clock()
+        samples.append(t1 - t0)
+        n = len(samples)
+        if n >= min_iterations and (t1 - start >= min_time_ns or n >= cap):
+            break
+    return summarize(samples, elapsed_s=(clock() - start) / 1e9, cv_threshold=cv_threshold)
+
+
+def bare_loop_ms(fn: Callable[[], object], iterations: int, warmup: int = 3) -> float:
+    """Mean milliseconds per call of a plain ``for`` loop with no per-call timing (overhead reference)."""
+    for _ in range(warmup):
+        fn()
+    start = time.perf_counter_ns()
+    for _ in range(iterations):
+        fn()
+    return (time.perf_counter_ns() - start) / 1e6 / iterations
