@@ -121,6 +121,9 @@ class ExportedModel:
     @cached_property
     def key(self) -> str:
         """Content hash of model source, weights, export settings and torch version."""
+        if self.spec.onnx_file is not None:  # ONNX-native: the shipped file is the weights and the graph
+            return hashlib.sha256(f"{self.spec.fingerprint()}|{sha256_file(Path(self.spec.onnx_file))}".encode()
+                                  ).hexdigest()[:20]
         import torch
 
         h = hashlib.sha256(self.spec.fingerprint().encode())
@@ -142,6 +145,8 @@ class ExportedModel:
     @cached_property
     def onnx(self) -> OnnxExport:
         """The ONNX export (from the cache when a verified copy exists). Raises ExportError."""
+        if self.spec.onnx_file is not None:
+            return native_onnx(self)
         return export_onnx(self)
 
     @property
@@ -162,6 +167,19 @@ class ExportedModel:
     @property
     def output_names(self) -> list[str]:
         return list(self.spec.outputs)
+
+
+def native_onnx(model: ExportedModel) -> OnnxExport:
+    """An ONNX-native model's own file, copied into its cache dir (engines write profiles and IR beside it)."""
+    import onnx
+
+    src = Path(model.spec.onnx_file or "")
+    if not src.is_file():
+        raise ExportError(f"ONNX-native model {model.spec.name}: its file {src} does not exist")
+    path = cached(model.artifact("model-native.onnx"), lambda tmp: shutil.copyfile(src, tmp))
+    opset = next((o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                  if o.domain in ("", "ai.onnx")), 0)
+    return OnnxExport(path, "onnx-native", opset, 0.0, cached=True)
 
 
 def export_onnx(model: ExportedModel) -> OnnxExport:

@@ -56,6 +56,11 @@ NOT_IMPLEMENTED = re.compile(
     r"|is not a registered function/op|No conversion rule found|OpSet \d+ .*not supported|not supported by|"
     r"Unsupported (?:operator|opset|op)\b", re.IGNORECASE)
 """Engine messages that mean "this op/opset/IR version is not implemented": status ``unsupported``, not a failure."""
+_RANDOM_MASK = ("training-mode Dropout with ratio > 0: the expected values come from numpy's random mask; an engine "
+                "draws its own, so the comparison can neither pass nor fail meaningfully")
+NOT_COMPARABLE: dict[str, str] = {f"node-test_training_dropout{s}": _RANDOM_MASK
+                                  for s in ("", "_mask", "_default", "_default_mask")}
+"""Case-id patterns whose expected outputs no engine can reproduce: status ``skipped`` with the reason."""
 CI_CASES = (
     "node-test_abs", "node-test_add", "node-test_add_bcast", "node-test_relu", "node-test_sigmoid", "node-test_tanh",
     "node-test_softmax_axis_1", "node-test_conv_with_strides_padding", "node-test_convtranspose",
@@ -256,7 +261,7 @@ def _value_problem(v: Any) -> str | None:
     if kind != "tensor_type":
         return f"{v.name!r} is {kind.removesuffix('_type')}-typed; the Session API carries tensors only"
     elem = v.type.tensor_type.elem_type
-    if _np_dtype(elem).kind not in "biufcOSU":
+    if _np_dtype(elem).isbuiltin != 1:  # ml_dtypes extensions (bfloat16, float8, int4, ...) are user-defined
         return (f"{v.name!r} is {TensorProto.DataType.Name(elem)}, which has no native numpy dtype for the Session "
                 f"API's host arrays (numpy {helper.tensor_dtype_to_np_dtype(elem)} is an ml_dtypes extension)")
     return None
@@ -289,14 +294,10 @@ def load_data_sets(folder: Path, inputs: Sequence[str], outputs: Sequence[str],
     for ds in sorted(folder.glob("test_data_set_*"), key=lambda p: int(p.name.rsplit("_", 1)[1])):
         def read(prefix: str, names: Sequence[str], ds: Path = ds) -> dict[str, np.ndarray]:
             files = [ds / f"{prefix}_{j}.pb" for j in range(len(names))]
-            return {n: _as_host(numpy_helper.to_array(onnx.load_tensor(str(f)))) for n, f in zip(names, files, strict=True)
+            return {n: numpy_helper.to_array(onnx.load_tensor(str(f))) for n, f in zip(names, files, strict=True)
                     if f.exists()}
         sets.append((read("input", inputs), read("output", outputs)))
     return sets
-
-
-def _as_host(a: np.ndarray) -> np.ndarray:
-    return a.astype(str) if a.dtype.kind in "OS" else a
 
 
 def light_golden(model_file: Path, inputs: Sequence[TensorSpec], outputs: Sequence[str],
@@ -415,6 +416,8 @@ def _run(case: OnnxCase, name: str, base: Record, timings: dict[str, float], thr
     base = replace(base, backend=backend.name, backend_version=backend.version())
     if case.unsupported:
         return replace(base, status=Status.UNSUPPORTED.value, reason=case.unsupported)
+    if (why := next((r for p, r in NOT_COMPARABLE.items() if fnmatch.fnmatchcase(case.id, p)), None)) is not None:
+        return replace(base, status=Status.SKIPPED.value, reason=why)
     if not backend.needs_onnx:
         return replace(base, status=Status.UNSUPPORTED.value,
                        reason=f"{NO_TORCH_REASON}: {backend.name} converts from the torch module")
@@ -465,6 +468,7 @@ def compare_case(expected: Feeds, out: Feeds, tol: Tolerance) -> CompareResult:
     """``harness.compare.compare`` plus ONNX's strictness: output dtypes must match; strings compare exactly."""
     numeric: dict[str, np.ndarray] = {}
     strict: list[OutputComparison] = []
+    scalars: dict[str, np.ndarray] = {}
     for name, ref in expected.items():
         if name not in out:
             continue
@@ -475,7 +479,9 @@ def compare_case(expected: Feeds, out: Feeds, tol: Tolerance) -> CompareResult:
                                                                        f"expected {ref.shape})", exact=True))
         elif got.dtype != ref.dtype:
             strict.append(OutputComparison(name, False, f"dtype {got.dtype} != expected {ref.dtype}", exact=True))
+        elif ref.ndim == 0 and got.ndim == 0:  # compare_output indexes its diff array: give scalars an axis
+            numeric[name], scalars[name] = ref.reshape(1), got.reshape(1)
         else:
             numeric[name] = ref
-    res = compare(numeric, out, tol)
+    res = compare(numeric, {**out, **scalars}, tol)
     return CompareResult(res.outputs + tuple(strict), tuple(n for n in expected if n not in out))

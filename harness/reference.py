@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,6 +14,8 @@ from harness.types import Feeds
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from harness.export import ExportedModel
 
 
 @contextlib.contextmanager
@@ -59,3 +62,37 @@ def references(module: nn.Module, sets: Mapping[str, Feeds], input_names: Sequen
     module64 = copy.deepcopy(module).double()
     fp64 = {k: run_torch(module64, f, input_names, output_names, dtype="float64") for k, f in sets.items()}
     return fp32, fp64
+
+
+def cached_references(model: ExportedModel, sets: Mapping[str, Feeds]) -> tuple[
+        dict[str, dict[str, np.ndarray]], dict[str, dict[str, np.ndarray]]]:
+    """``references`` stored in the model's cache directory, keyed by the input bytes.
+
+    Every case of a model (one child process each) reuses one FP32 + FP64 reference run.
+    """
+    import hashlib
+
+    from harness.export import cached
+
+    h = hashlib.sha256()
+    for set_name in sorted(sets):
+        for k in sorted(sets[set_name]):
+            arr = np.ascontiguousarray(sets[set_name][k])
+            h.update(f"{set_name}/{k}/{arr.dtype}/{arr.shape}".encode())
+            h.update(arr.tobytes())
+    path = model.artifact(f"reference-{h.hexdigest()[:16]}.npz")
+
+    def build(tmp: Path) -> None:
+        fp32, fp64 = references(model.module(), sets, model.input_names, model.output_names)
+        flat = {f"32|{s}|{o}": v for s, outs in fp32.items() for o, v in outs.items()}
+        flat |= {f"64|{s}|{o}": v for s, outs in fp64.items() for o, v in outs.items()}
+        with tmp.open("wb") as f:
+            np.savez(f, **flat)
+
+    fp32_out: dict[str, dict[str, np.ndarray]] = {s: {} for s in sets}
+    fp64_out: dict[str, dict[str, np.ndarray]] = {s: {} for s in sets}
+    with np.load(cached(path, build)) as data:
+        for key in data.files:
+            kind, set_name, out = key.split("|", 2)
+            (fp32_out if kind == "32" else fp64_out)[set_name][out] = data[key]
+    return fp32_out, fp64_out

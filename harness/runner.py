@@ -20,7 +20,7 @@ from harness.errors import HarnessError
 from harness.export import ExportedModel
 from harness.inputs import calibration_set, input_sets
 from harness.precision import precision_match
-from harness.reference import references
+from harness.reference import cached_references
 from harness.results import Record, machine_id
 from harness.types import Precision, Status
 
@@ -92,12 +92,16 @@ def _run(req: CaseRequest, base: Record, timings: dict[str, float], workdir: Pat
     model = ExportedModel(spec, **req.options.get("export", {}))
     if (why := backend.unsupported_reason(model, req.precision)) is not None:
         return replace(base, status=Status.UNSUPPORTED.value, reason=why)
+    if spec.onnx_file is not None and not backend.needs_onnx:
+        return replace(base, status=Status.UNSUPPORTED.value,
+                       reason=f"ONNX-native model: no torch module ({backend.name} builds from the torch module)")
 
     done = _clock(timings, "reference")
-    sets = input_sets(spec)
+    golden = _golden(spec) if spec.golden is not None else None  # ONNX-native: shipped outputs are the reference
+    sets = input_sets(spec) if golden is None else golden[0]
     if req.precision is Precision.INT8:  # edge values outside the calibration range measure clipping only
         sets = [s for s in sets if s.in_distribution]
-    ref32, ref64 = references(model.module(), {s.name: s.feeds for s in sets}, model.input_names, model.output_names)
+    ref32, ref64 = cached_references(model, {s.name: s.feeds for s in sets}) if golden is None else golden[1:]
     done()
 
     export_info: dict[str, Any] = {}
@@ -151,6 +155,15 @@ def _run(req: CaseRequest, base: Record, timings: dict[str, float], workdir: Pat
     return record
 
 
+def _golden(spec: Any) -> tuple[list[Any], dict[str, Any], dict[str, None]]:
+    """Input sets and references of an ONNX-native model from its ``golden`` pairs (no FP64 reference)."""
+    from harness.inputs import InputSet
+
+    pairs = list(spec.golden())
+    sets = [InputSet(f"golden-{i}", dict(feeds)) for i, (feeds, _) in enumerate(pairs)]
+    return sets, {s.name: dict(out) for s, (_, out) in zip(sets, pairs, strict=True)}, {s.name: None for s in sets}
+
+
 class _RunFailed(HarnessError):
     def __init__(self, set_name: str, exc: BaseException) -> None:
         super().__init__(f"engine raised while running input set {set_name!r}: {type(exc).__name__}: {exc}")
@@ -187,12 +200,7 @@ def _size_mb(path: Path | None) -> float | None:
 
 
 def _measure(req: CaseRequest, spec: Any, session: Any, record: Record) -> Record:
-    """Latency of the session on the first comparison input (filled in by harness.timing)."""
-    from harness import timing
-    from harness.inputs import make_feeds
+    """Latency, throughput sweep and roofline of the built session (harness.perf)."""
+    from harness import perf
 
-    import numpy as np
-
-    feeds = make_feeds(spec, np.random.default_rng(7))
-    latency = timing.measure(lambda: session.run(feeds), **req.measure)
-    return replace(record, latency=latency.as_dict())
+    return perf.measure_case(req, spec, session, record)

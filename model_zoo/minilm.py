@@ -280,7 +280,7 @@ def _reference_embeddings() -> np.ndarray:
     from harness.reference import run_torch
 
     module = load_encoder().eval()
-    rows = [run_torch(module, sentence_feeds(s), ["input_ids", "attention_mask"], ["embedding"])["embedding"][0]
+    rows = [run_torch(module, sentence_feeds(s), ["input_ids", "attention_mask"], ["sentence_embedding"])["sentence_embedding"][0]
             for s in sentences()]
     return np.stack(rows)
 
@@ -290,7 +290,7 @@ def evaluate_cosine(run: Callable[[Feeds], Mapping[str, np.ndarray]]) -> float:
     ref = _reference_embeddings()
     worst = 1.0
     for text, r in zip(sentences(), ref, strict=True):
-        out = np.asarray(run(sentence_feeds(text))["embedding"], np.float64)[0]
+        out = np.asarray(run(sentence_feeds(text))["sentence_embedding"], np.float64)[0]
         cos = float(out @ r / max(np.linalg.norm(out) * np.linalg.norm(r), 1e-12))
         worst = min(worst, cos)
     return worst
@@ -310,7 +310,7 @@ def _register() -> None:
         mark_unavailable("minilm", reason)
         return
 
-    @register_model(inputs=INPUTS, outputs=("embedding",), tags={"nlp", "transformer", "accuracy", "real-weights"},
+    @register_model(inputs=INPUTS, outputs=("sentence_embedding",), tags={"nlp", "transformer", "accuracy", "real-weights"},
                     dynamic_sizes={"batch": (1, 3), "seq": (16, 7)}, input_sets=_input_sets,
                     calibration=_calibration, example=_example, evaluate=evaluate_cosine,
                     tolerances={Precision.FP16: Tolerance(atol=math.inf, rtol=math.inf, min_cosine=0.999)})

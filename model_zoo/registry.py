@@ -71,6 +71,10 @@ class ModelSpec:
     exporter: str = "torchscript"
     source: str = ""
     description: str = ""
+    onnx_file: Path | None = None
+    """ONNX-native model: this file is the model (no torch module: ``factory`` raises, torch backends are skipped)."""
+    golden: Callable[[], Sequence[tuple[Feeds, Feeds]]] | None = None
+    """ONNX-native model: ``[(inputs, expected outputs), ...]``, the reference instead of PyTorch FP32."""
 
     def build(self) -> nn.Module:
         """A fresh module in eval mode, with seeded (reproducible) weights."""

@@ -114,6 +114,30 @@ def test_unsupported_op_is_convert_failed_with_engine_message() -> None:
     assert "torch.argmax (torch.argmax_0)" in r.reason
 
 
+class TokenClassifier(nn.Module):
+    """Embedding + linear head on int64 token ids (ncnn Embed reads ids bit-cast to float32)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(ids))
+
+
+def test_integer_token_ids_run_through_embed() -> None:
+    @register_model(inputs=[TensorSpec("ids", (1, "seq"), dtype="int64", low=0, high=50)],
+                    dynamic_sizes={"seq": (7, 4)}, name="ncnn_test_token_classifier")
+    def ncnn_test_token_classifier() -> nn.Module:
+        return TokenClassifier()
+
+    r = _run("ncnn_test_token_classifier", Precision.FP32)
+    assert r.status == Status.PASS.value, r.reason
+    assert "random[seq=4]" in r.input_sets
+    assert r.settings["integer_inputs"] == "bit-cast int32 -> float32 for ncnn Embed"
+
+
 # --- int8 tool plumbing: fake ncnn2table/ncnn2int8 that are real shell scripts recording their argv. These
 # --- test our command lines and files, not the engine (the real tools are not obtainable here).
 
@@ -184,3 +208,19 @@ def test_int8_old_ncnn2table_without_npy_mode_is_unsupported(monkeypatch: pytest
     with pytest.raises(UnsupportedPrecision, match="no npy input mode"):
         backends.create("ncnn").load(ExportedModel(get_model("resnet_tiny")), Precision.INT8, tmp_path,
                                      calibration_set(get_model("resnet_tiny")))
+
+
+def test_int8_readback_counts_layers_with_int8_scale_terms(tmp_path: Path) -> None:
+    """The int8 audit parses the .param ncnn loads: compute layers with an int8_scale_term count as int8."""
+    from harness.backends import _ncnn_tools as nt
+    from harness.precision import summarize
+
+    param = tmp_path / "m.param"
+    param.write_text("7767517\n5 5\nInput in0 0 1 in0\n"
+                     "Convolution conv_0 1 1 in0 1 0=8 1=3 6=216 8=2\n"
+                     "ConvolutionDepthWise dw_0 1 1 1 2 0=8 1=3 6=72 7=8 8=1\n"
+                     "MultiHeadAttention mha_0 1 1 2 3 0=32 1=4 2=1024\n"
+                     "InnerProduct fc_0 1 1 3 out0 0=10 1=1 2=80 8=0\n")
+    counts = nt.int8_layer_counts(nt.parse_param(param))
+    assert counts == {"int8": 2, "fp32": 2}
+    assert summarize(counts) == "mixed(int8 50%,fp32 50%)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from harness import backends
+from harness.backends._ov_audit import has_attention
 from harness.backends.openvino import OpenVinoBackend
 from harness.errors import BackendUnavailable, ConversionError, UnsupportedPrecision
 from harness.export import ExportedModel
@@ -87,7 +87,7 @@ def test_absent_device_is_unavailable_with_what_exists(device: str) -> None:
 
 def test_unknown_device_and_source_are_refused() -> None:
     assert "use one of CPU, GPU, NPU" in str(OpenVinoBackend(device="tpu").unavailable_reason())
-    with pytest.raises(ValueError, match="unknown conversion source 'tflite'.*onnx, torch"):
+    with pytest.raises(ValueError, match=r"unknown conversion source 'tflite'.*onnx, torch"):
         OpenVinoBackend(source="tflite")
 
 
@@ -106,9 +106,11 @@ def test_fp32_passes(model: str) -> None:
     r = run_case(CaseRequest(model, "ov", Precision.FP32))
     assert r.status == Status.PASS, r.reason
     assert (r.executed_precision, r.precision_match) == ("fp32", "exact")
-    assert r.metrics["cosine"] > 0.9999 and r.metrics["max_abs"] < 1e-3
+    assert r.metrics["cosine"] > 0.9999
+    assert r.metrics["max_abs"] < 1e-3
     assert any("[" in name for name in r.input_sets), "dynamic-size input sets must have run"
-    assert r.settings["source"] == "onnx" and r.settings["inference_precision_readback"] == "f32"
+    assert r.settings["source"] == "onnx"
+    assert r.settings["inference_precision_readback"] == "f32"
     assert (r.settings["num_streams"], r.settings["inference_num_threads"]) == (1, r.settings["threads"])
     assert r.settings["performance_hint"] == "LATENCY"
     assert r.settings["runtime_precisions"], "per-layer-type runtime precisions must be recorded"
@@ -137,10 +139,11 @@ def test_int8_reads_back_int8(model: str) -> None:
 # --- the precision audit against the engine -------------------------------------------------------------------
 
 
-def test_fp16_audit_reads_what_the_compiled_model_runs(tmp_path: Path) -> None:
-    session = backends.create("ov").load(_model("resnet_tiny"), Precision.FP16, tmp_path)
+@pytest.mark.parametrize("model", ["resnet_tiny", "transformer_tiny"])
+def test_fp16_audit_reads_what_the_compiled_model_runs(model: str, tmp_path: Path) -> None:
+    session = backends.create("ov").load(_model(model), Precision.FP16, tmp_path)
     hint = session.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
-    kernels = _kernel_types(session, {"Convolution", "FullyConnected"})
+    kernels = _kernel_types(session, {"Convolution", "FullyConnected", "MatMul"})
     assert session.settings["inference_precision_readback"] == hint
     assert compute_types(session.executed_precision) == kernels, session.settings["kernel_precisions"]
     if not any(f in cpu_flags() for f in FP16_CAPABLE):
@@ -162,18 +165,22 @@ def test_int8_audit_matches_kernels(tmp_path: Path) -> None:
 # --- IR cache, sources, shapes, errors ------------------------------------------------------------------------
 
 
-def test_ir_is_cached_and_corrupt_xml_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+def test_ir_is_cached_and_corrupt_xml_is_rebuilt(tmp_path: Path) -> None:
     model = _model("resnet_tiny")
+    for old in model.cache_dir.glob("ov-onnx-fp32-*"):  # start from no IR; the module's ONNX export is reused
+        old.unlink()
     backend = backends.create("ov")
     first = backend.load(model, Precision.FP32, tmp_path)
     xml = Path(first.artifact)
-    assert xml.suffix == ".xml" and xml.with_suffix(".bin").exists() and str(xml).startswith(str(tmp_path))
+    assert xml.suffix == ".xml"
+    assert xml.with_suffix(".bin").exists()
+    assert xml.parent == model.cache_dir
     assert first.settings["ir_built"] == ["convert"]
     stamp = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (xml, xml.with_suffix(".bin"))]
 
     second = backend.load(_model("resnet_tiny"), Precision.FP32, tmp_path)
-    assert second.settings["ir_built"] == [] and "convert_s" not in second.settings
+    assert second.settings["ir_built"] == []
+    assert "convert_s" not in second.settings
     assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in (xml, xml.with_suffix(".bin"))] == stamp
 
     xml.write_text("<net>truncated")
@@ -188,7 +195,8 @@ def test_ir_is_cached_and_corrupt_xml_is_rebuilt(tmp_path: Path, monkeypatch: py
 def test_torch_source_converts_and_matches(tmp_path: Path) -> None:
     model = _model("lstm_tiny")
     session = OpenVinoBackend(source="torch").load(model, Precision.FP32, tmp_path)
-    assert session.settings["source"] == "torch" and "-torch-" in Path(session.artifact).name
+    assert session.settings["source"] == "torch"
+    assert "-torch-" in Path(session.artifact).name
     for seq in (6, 3, 11):
         feeds = make_feeds(model.spec, np.random.default_rng(seq), sizes={"seq": seq})
         ref = run_torch(model.module(), feeds, model.input_names, model.output_names)
@@ -197,8 +205,10 @@ def test_torch_source_converts_and_matches(tmp_path: Path) -> None:
         np.testing.assert_allclose(out["output"], ref["output"], atol=1e-5)
 
 
-@pytest.mark.parametrize(("model", "sizes"), [("resnet_tiny", [{"batch": 1}, {"batch": 3}]),
-                                             ("srcnn_tiny", [{"height": 16, "width": 16}, {"height": 24, "width": 12}])])
+@pytest.mark.parametrize(("model", "sizes"), [
+    ("resnet_tiny", [{"batch": 1}, {"batch": 3}]),
+    ("srcnn_tiny", [{"height": 16, "width": 16}, {"height": 24, "width": 12}]),
+])
 def test_dynamic_shapes_run_at_every_size(model: str, sizes: list[dict[str, int]], tmp_path: Path) -> None:
     exported = _model(model)
     session = backends.create("ov").load(exported, Precision.FP32, tmp_path)
@@ -230,13 +240,23 @@ def test_int8_without_nncf_is_unsupported_with_fix(tmp_path: Path, monkeypatch: 
     model = _model("resnet_tiny")
     assert "pip install nncf" in str(backend.unsupported_reason(model, Precision.INT8))
     assert backend.unsupported_reason(model, Precision.FP32) is None
-    with pytest.raises(UnsupportedPrecision, match="NNCF .* not installed: pip install nncf"):
+    with pytest.raises(UnsupportedPrecision, match=r"NNCF .* not installed: pip install nncf"):
         backend.load(model, Precision.INT8, tmp_path, calibration_set(model.spec))
     record = run_case(CaseRequest("resnet_tiny", "ov", Precision.INT8))
-    assert record.status == Status.UNSUPPORTED and "nncf" in record.reason
+    assert record.status == Status.UNSUPPORTED
+    assert "nncf" in record.reason
 
 
 def test_cache_root_follows_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     assert _model("lstm_tiny").cache_dir.is_relative_to(tmp_path)
-    assert os.environ["HARNESS_CACHE"] == str(tmp_path)
+
+
+def test_attention_detection_on_real_ir(tmp_path: Path) -> None:
+    import openvino as ov
+
+    found = {}
+    for name in ("transformer_tiny", "resnet_tiny", "lstm_tiny"):
+        ir = backends.create("ov").load(_model(name), Precision.FP32, tmp_path).artifact
+        found[name] = has_attention(ov.Core().read_model(str(ir)))
+    assert found == {"transformer_tiny": True, "resnet_tiny": False, "lstm_tiny": False}

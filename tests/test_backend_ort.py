@@ -71,3 +71,17 @@ def frozen_scalar():
 def test_a_model_right_only_on_its_export_example_does_not_pass():
     r = run_case(CaseRequest("frozen_scalar", "ort", Precision.FP32))
     assert r.status == "mismatch", r.reason
+
+
+def test_full_range_u8s8_saturation_is_caught_on_cpus_without_vnni(monkeypatch):
+    """ORT's documented u8s8 saturation (no VNNI): the harness must report it, not pass it."""
+    from harness.backends.onnxruntime import int8_reduce_range
+
+    if not int8_reduce_range():
+        pytest.skip("this CPU has VNNI (or is not x86): u8s8 does not saturate here")
+    monkeypatch.setenv("HARNESS_ORT_REDUCE_RANGE", "0")
+    r = run_case(CaseRequest("mobilenet_tiny", "ort", Precision.INT8))
+    assert r.status == "mismatch", (r.status, r.metrics)
+    assert r.settings["reduce_range"] is False
+    monkeypatch.setenv("HARNESS_ORT_REDUCE_RANGE", "1")
+    assert run_case(CaseRequest("mobilenet_tiny", "ort", Precision.INT8)).status == "pass"

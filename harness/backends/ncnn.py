@@ -232,7 +232,8 @@ def _trace_inputs(model: ExportedModel) -> tuple[Any, ...]:
 def _shape_arg(model: ExportedModel, args: Sequence[Any], sizes: dict[str, int]) -> str:
     parts = []
     for t, a in zip(model.spec.inputs, args, strict=True):
-        dims = [1 if i == 0 and isinstance(d, str) else d for i, d in enumerate(t.concrete_shape(sizes))]
+        dims = [1 if i == 0 and isinstance(d, str) else sizes[d] if isinstance(d, str) else d
+                for i, d in enumerate(t.shape)]  # a symbolic axis 0 is the batch: pnnx/ncnn drop it
         parts.append("[" + ",".join(map(str, dims)) + "]" + _PNNX_TYPES.get(str(a.dtype).removeprefix("torch."), "f32"))
     return ",".join(parts)
 

@@ -1,0 +1,90 @@
+"""The HTML view of a run-vs-run comparison."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from harness.report.page import Column, esc, figure, note, page, pesc, pwrap, section, table
+
+
+def _pct(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else esc(f"{value:+.1%}")
+
+
+def _p(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else esc(f"{value:.2g}")
+
+
+def _outcome(value: Any) -> str:
+    cls = {"REGRESSION": "alert", "better": "ok"}.get(str(value), "")
+    return f'<span class="{cls}">{esc(value)}</span>'
+
+
+COLUMNS = [
+    Column("outcome", "result", render=_outcome), Column("case", "case"),
+    Column("base_status", "baseline verdict", status=True), Column("cur_status", "current verdict", status=True),
+    Column("base_p50", "baseline p50 ms", numeric=True), Column("cur_p50", "current p50 ms", numeric=True),
+    Column("p50_change", "p50 change", numeric=True, render=_pct),
+    Column("p_value", "p (slower)", numeric=True, render=_p),
+    Column("p99_change", "p99 change", numeric=True, render=_pct),
+    Column("mem_change", "peak MB change", numeric=True, render=_pct), Column("cosine", "cosine"),
+    Column("why", "why", wide=True),
+]
+
+
+def _change_figure(frame: Any) -> Any:
+    import plotly.graph_objects as go
+
+    timed = frame[frame["p50_change"].notna()].sort_values("p50_change")
+    colours = ["#d64541" if o == "REGRESSION" else "#2e9e4f" if o == "better" else "#9aa3b2"
+               for o in timed["outcome"]]
+    hover = [f"<b>{pesc(r.case)}</b><br>p50 {r.base_p50:.4g} -> {r.cur_p50:.4g} ms ({r.p50_change:+.1%})"
+             f"<br>p (slower) {r.p_value:.2g}<br>{pesc(r.outcome)}<br>{pwrap(r.why)}" for r in timed.itertuples()]
+    fig = go.Figure(go.Bar(x=timed["p50_change"] * 100, y=[pesc(c) for c in timed["case"]], orientation="h",
+                           marker={"color": colours}, hovertext=hover, hovertemplate="%{hovertext}<extra></extra>"))
+    fig.add_vline(x=0, line={"color": "#444", "width": 1})
+    fig.update_layout(title={"text": "p50 change per case, % (red = regression: beyond threshold and significant; "
+                             "grey = within noise or threshold)", "x": 0, "font": {"size": 14}},
+                      template="plotly_white", height=120 + 22 * max(len(timed), 4),
+                      margin={"l": 60, "r": 30, "t": 60, "b": 50}, font={"size": 12})
+    fig.update_xaxes(title_text="p50 change, %", ticksuffix="%", zeroline=False)
+    fig.update_yaxes(type="category", automargin=True)
+    return fig
+
+
+def write_compare_html(out: Path, parts: dict[str, Any], exit_code: int) -> Path:
+    """Write the comparison page and return its path."""
+    from harness.report.dashboard import write_atomic
+    from harness.report.regress import diffs_frame
+
+    frame = diffs_frame(parts["diffs"])
+    regs = parts["regressions"]
+    if exit_code == 2:
+        banner = '<p class="alert">nothing to compare: no case appears in both runs (see the text below)</p>'
+    elif regs:
+        banner = f'<p class="alert">{len(regs)} regression(s)</p><ul>' + "".join(
+            f"<li>{esc(r)}</li>" for r in regs) + "</ul>"
+    else:
+        banner = f'<p class="ok">no regression in {len(frame)} matched cases</p>'
+    thresholds = ", ".join(map(str, parts["thresholds"]))
+    summary = (banner + note(f"thresholds: {thresholds}. Latency counts as a regression only when it is beyond the "
+                             "threshold AND the raw samples are significantly slower (one-sided Mann-Whitney U, "
+                             "alpha 0.01; bootstrap of the median ratio without scipy). A case that passed and now "
+                             "fails is always a regression.")
+               + f'<pre class="text">{esc(parts["title"])}</pre>')
+    body = section("summary", "Comparison", "", summary)
+    if len(frame) and frame["p50_change"].notna().any():
+        body += section("latency", "Latency change", "", figure(_change_figure(frame), "cmp-p50"))
+    rows = frame.to_dict("records") if len(frame) else []
+    body += section("cases", "Matched cases", "", table(
+        COLUMNS, rows, "cmp-cases", empty="no matched cases",
+        row_class=lambda r: {"REGRESSION": "regression", "better": "improved"}.get(r["outcome"], "")))
+    extra = "".join(f"<h3>{esc(name)} ({len(keys)})</h3><p>{esc(', '.join(keys))}</p>"
+                    for name, keys in (("only in baseline", parts["only_baseline"]),
+                                       ("only in current", parts["only_current"])) if keys)
+    if extra:
+        body += section("unmatched", "Unmatched cases", "", extra)
+    nav = [("summary", "Summary"), ("latency", "Latency"), ("cases", "Cases")]
+    return write_atomic(out, page("Run comparison", thresholds, body, nav=nav))

@@ -1,0 +1,91 @@
+"""ONNX-native zoo entries: the classic architectures the onnx wheel ships as ``light_*`` models.
+
+``onnx/backend/test/data/light/light_<name>.onnx`` holds the full graph of
+AlexNet, DenseNet-121, Inception v1/v2, ResNet-50, ShuffleNet, SqueezeNet,
+VGG-19 and ZFNet-512 (opset 9), with one expected output
+(``light_<name>_output_0.pb``) for ONNX's dummy input ``arange(n) / n``.
+There is no torch module: the file is the model, the shipped output is the
+reference (``ModelSpec.golden``), and torch-based backends (torch eager,
+ncnn via pnnx) record ``unsupported``.
+
+What the files really are: every weight is a ``ConstantOfShape`` fill (one
+value per tensor, e.g. 0.02), not trained weights. All output channels are
+therefore identical and the softmax models' expected output is uniform
+(0.001 for every class; DenseNet's is a constant 0.461). These entries prove
+that an engine loads, builds and runs each architecture end to end and gets
+the output shape and level right; they cannot catch per-channel numeric
+errors. Input and output names are fixed here so registering needs no onnx
+import; tests/test_onnx_cases.py checks them against the files.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from harness.compare import Tolerance
+from harness.onnx_cases import NO_TORCH_REASON, NoTorchModule, light_golden
+from harness.types import Precision, TensorSpec
+from model_zoo.registry import ModelSpec, add_model, mark_unavailable
+
+IMAGE = (1, 3, 224, 224)
+LIGHT_MODELS: dict[str, tuple[str, str, str]] = {
+    # zoo name suffix: (input, output, architecture)
+    "bvlc_alexnet": ("data_0", "prob_1", "AlexNet (BVLC Caffe)"),
+    "densenet121": ("data_0", "fc6_1", "DenseNet-121"),
+    "inception_v1": ("data_0", "prob_1", "Inception v1 (GoogLeNet)"),
+    "inception_v2": ("data_0", "prob_1", "Inception v2 (BN-Inception)"),
+    "resnet50": ("gpu_0/data_0", "gpu_0/softmax_1", "ResNet-50 (Caffe2)"),
+    "shufflenet": ("gpu_0/data_0", "gpu_0/softmax_1", "ShuffleNet v1 (Caffe2)"),
+    "squeezenet": ("data_0", "softmaxout_1", "SqueezeNet 1.0"),
+    "vgg19": ("data_0", "prob_1", "VGG-19"),
+    "zfnet512": ("gpu_0/data_0", "gpu_0/softmax_1", "ZFNet-512 (Caffe2)"),
+}
+RTOL = {"densenet121": 2e-3}
+"""ONNX's own per-model rtol (onnx/backend/test/case/model); atol is 1e-7 for all."""
+
+
+def light_dir() -> Path | None:
+    """``onnx/backend/test/data/light`` of the installed onnx wheel, found without importing onnx."""
+    spec = importlib.util.find_spec("onnx")
+    if spec is None or not spec.origin:
+        return None
+    return Path(spec.origin).parent / "backend" / "test" / "data" / "light"
+
+
+def _no_torch() -> Any:
+    raise NoTorchModule(f"{NO_TORCH_REASON}: the light_* models ship as ONNX files only")
+
+
+def _spec(name: str, folder: Path) -> ModelSpec:
+    input_name, output_name, arch = LIGHT_MODELS[name]
+    path = folder / f"light_{name}.onnx"
+    inputs = (TensorSpec(input_name, IMAGE),)
+    golden = functools.cache(functools.partial(light_golden, path, inputs, (output_name,)))
+    return ModelSpec(
+        name=f"light_{name}", factory=_no_torch, inputs=inputs, outputs=(output_name,),
+        tags=frozenset({"onnx-native", "vision", "light"}),
+        tolerances={Precision.FP32: Tolerance(atol=1e-7, rtol=RTOL.get(name, 1e-3), min_cosine=-1.0)},
+        example=lambda: golden()[0][0], golden=golden, opset=9, exporter="onnx-native",
+        source=str(path), description=f"{arch}, ONNX-native light model (constant-fill weights), golden output",
+        onnx_file=path,
+    )
+
+
+def register() -> list[str]:
+    """Register every light model whose file is present; mark them unavailable when onnx is missing."""
+    folder = light_dir()
+    names = []
+    for name in LIGHT_MODELS:
+        if folder is None or not (folder / f"light_{name}.onnx").is_file():
+            where = "the onnx package is not installed" if folder is None else f"no light_{name}.onnx in {folder}"
+            mark_unavailable(f"light_{name}", f"light_{name}: {where} (pip install onnx, extra 'ort')")
+            continue
+        add_model(_spec(name, folder))
+        names.append(f"light_{name}")
+    return names
+
+
+register()

@@ -1,0 +1,482 @@
+"""CI configuration: tox envs, the nightly and PR workflows, and --shard splitting.
+
+The workflows are parsed, not run: every pytest option they (and tox.ini) pass is checked against
+the options pytest really has with the harness plugin loaded, and every ``harness`` subcommand
+against the real CLI, so a renamed option breaks this test instead of a night of CI.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import zlib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="pyyaml is in the dev extra: pip install -e '.[dev]'")
+
+ROOT = Path(__file__).resolve().parents[1]
+NIGHTLY = ROOT / ".github" / "workflows" / "nightly.yml"
+PR = ROOT / ".github" / "workflows" / "pr.yml"
+TOX = ROOT / "tox.ini"
+
+ENGINE_ENVS = {"ort": "ort", "ov": "openvino", "ncnn": "ncnn", "trt": "trt"}  # tox env -> pyproject extra
+EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def load_workflow(path: Path) -> dict[str, Any]:
+    wf = yaml.safe_load(path.read_text())
+    assert isinstance(wf, dict), f"{path} is not a YAML mapping"
+    return wf
+
+
+def triggers(wf: dict[str, Any]) -> dict[str, Any]:
+    """The ``on:`` mapping (YAML 1.1 reads a bare ``on`` key as the boolean True)."""
+    on = wf.get("on", wf.get(True))
+    if isinstance(on, str):
+        return {on: None}
+    if isinstance(on, list):
+        return dict.fromkeys(on)
+    return on or {}
+
+
+def tox_config() -> configparser.ConfigParser:
+    cp = configparser.ConfigParser(interpolation=None)
+    cp.read(TOX)
+    return cp
+
+
+def tox_list(cp: configparser.ConfigParser, env: str, key: str) -> list[str]:
+    """A list-valued tox setting of ``testenv:env`` (falling back to ``testenv``), comma/newline separated."""
+    section = f"testenv:{env}"
+    raw = cp.get(section, key, fallback=None)
+    if raw is None:
+        raw = cp.get("testenv", key, fallback="")
+    sep = r"\n" if key == "commands" else r"[,\n]"  # commands may contain commas
+    return [x.strip() for x in re.split(sep, raw) if x.strip()]
+
+
+def cron_field_ok(field: str, low: int, high: int) -> bool:
+    for part in field.split(","):
+        base, _, step = part.partition("/")
+        if step and not (step.isdigit() and int(step) > 0):
+            return False
+        if base == "*":
+            continue
+        lo, _, hi = base.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            return False
+        if not (low <= int(lo) <= high and (not hi or int(lo) <= int(hi) <= high)):
+            return False
+    return True
+
+
+def valid_cron(expr: str) -> bool:
+    """POSIX 5-field cron as GitHub Actions accepts it (numbers, *, ranges, lists, steps)."""
+    fields = expr.split()
+    ranges = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 6)]
+    return len(fields) == 5 and all(cron_field_ok(f, lo, hi) for f, (lo, hi) in zip(fields, ranges, strict=True))
+
+
+def steps_of(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return job.get("steps", [])
+
+
+def uses(job: dict[str, Any], action: str) -> list[dict[str, Any]]:
+    """Steps of ``job`` that use ``action`` (any version)."""
+    return [s for s in steps_of(job) if str(s.get("uses", "")).split("@")[0] == action]
+
+
+def run_lines(job: dict[str, Any]) -> list[str]:
+    return [s["run"] for s in steps_of(job) if "run" in s]
+
+
+def expand(text: str, matrix_entry: dict[str, Any] | None) -> str:
+    """Substitute ``${{ matrix.X }}`` from one matrix entry; drop every other expression."""
+
+    def sub(m: re.Match[str]) -> str:
+        ref = m.group(1)
+        if matrix_entry is not None and ref.startswith("matrix."):
+            value = matrix_entry.get(ref.removeprefix("matrix."), "")
+            return " ".join(value) if isinstance(value, list) else str(value)
+        return ""
+
+    return EXPR.sub(sub, text)
+
+
+def commands(text: str) -> list[list[str]]:
+    """Shell-ish split of a run block into simple commands (lines, &&, ;, |)."""
+    out = []
+    for line in text.replace("\\\n", " ").splitlines():
+        for part in re.split(r"&&|;|\|\|?", line):
+            try:
+                tokens = shlex.split(part, comments=True)
+            except ValueError:
+                tokens = part.split()
+            if tokens:
+                out.append(tokens)
+    return out
+
+
+def pytest_args_of(tokens: list[str]) -> list[str] | None:
+    """The arguments pytest receives from one command: pytest/python -m pytest, or tox's posargs after --."""
+    for i, tok in enumerate(tokens):
+        if Path(tok).name in ("pytest", "py.test"):
+            return tokens[i + 1:]
+        if tok == "pytest" and i > 0 and tokens[i - 1] == "-m":
+            return tokens[i + 1:]
+    if any(Path(t).name == "tox" for t in tokens) and "--" in tokens:
+        return tokens[tokens.index("--") + 1:]
+    return None
+
+
+def ci_command_sources() -> list[tuple[str, str]]:
+    """(where, command text) for every command CI runs: workflow steps (per matrix entry) and tox commands."""
+    sources: list[tuple[str, str]] = []
+    for path in (NIGHTLY, PR):
+        for job_name, job in load_workflow(path).get("jobs", {}).items():
+            entries = job.get("strategy", {}).get("matrix", {}).get("include") or [None]
+            for entry in entries:
+                label = f"{path.name}:{job_name}" + (f"[{entry.get('name')}]" if entry else "")
+                sources += [(label, expand(r, entry)) for r in run_lines(job)]
+    cp = tox_config()
+    for section in cp.sections():
+        if section.startswith("testenv"):
+            sources += [(f"tox.ini:{section}", c) for c in tox_list(cp, section.partition(":")[2] or "", "commands")
+                        if cp.has_option(section, "commands")]
+    return sources
+
+
+@cache
+def pytest_help() -> str:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def long_options(help_text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w-])(--[a-zA-Z0-9][\w-]*)", help_text))
+
+
+def harness_help(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args, "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def suites_job(wf: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The matrix job that runs the suites."""
+    for name, job in wf["jobs"].items():
+        if job.get("strategy", {}).get("matrix", {}).get("include"):
+            return name, job
+    raise AssertionError("nightly.yml has no matrix job with an include list")
+
+
+def job_running(wf: dict[str, Any], program: str) -> tuple[str, dict[str, Any]]:
+    for name, job in wf["jobs"].items():
+        if any(toks[:2] == ["harness", program] for r in run_lines(job) for toks in commands(r)):
+            return name, job
+    raise AssertionError(f"no job of nightly.yml runs `harness {program}`")
+
+
+def harness_invocations(text: str, program: str) -> list[list[str]]:
+    return [toks for toks in commands(text) if toks[:2] == ["harness", program]]
+
+
+# ---------------------------------------------------------------------------------------------- tox
+
+
+def test_tox_defines_an_env_per_engine_plus_unit_cpu_report():
+    cp = tox_config()
+    envs = {s.partition(":")[2] for s in cp.sections() if s.startswith("testenv:")}
+    assert {"unit", "ort", "ov", "ncnn", "trt", "cpu", "report"} <= envs
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    for env, extra in {**ENGINE_ENVS, "cpu": "cpu"}.items():
+        got = set(tox_list(cp, env, "extras"))
+        assert {extra, "dev"} <= got, f"tox env {env} installs extras {got}, wants {extra} and dev"
+        assert got <= extras, f"tox env {env}: extras {got - extras} are not in pyproject.toml"
+    assert set(tox_list(cp, "unit", "extras")) == {"dev"}, "the unit env must install no engine extra"
+
+
+def test_tox_pins_torch_before_the_project():
+    """Every env installs torch==2.13.0 through deps (installed before the project): never a bare torch."""
+    cp = tox_config()
+    for env in ("unit", *ENGINE_ENVS, "cpu", "report"):
+        deps = tox_list(cp, env, "deps")
+        torch = [d for d in deps if re.match(r"(\{env:[A-Z_]+:)?torch\b", d)]
+        assert torch, f"tox env {env}: no torch in deps ({deps}); a bare torch requirement pulls a CUDA build"
+        assert all("torch==2.13.0" in d for d in torch), f"tox env {env}: torch not pinned to 2.13.0: {torch}"
+
+
+def test_tox_commands_run_the_matching_backend():
+    from harness import backends
+
+    cp = tox_config()
+    known = set(backends.names(include_hidden=True))
+    expected = {"ort": {"ort"}, "ov": {"ov"}, "ncnn": {"ncnn"}, "trt": {"trt"}, "cpu": {"torch", "ort", "ov", "ncnn"}}
+    for env, want in expected.items():
+        (cmd,) = [commands(c)[0] for c in tox_list(cp, env, "commands")]
+        args = pytest_args_of(cmd)
+        assert args is not None and args[0].rstrip("/") == "suites", f"tox env {env} runs {cmd}"
+        named = {args[i + 1] for i, a in enumerate(args) if a == "--backend"}
+        assert named == want, f"tox env {env} runs backends {named}, expected {want}"
+        assert named <= known
+    (unit,) = [commands(c)[0] for c in tox_list(cp, "unit", "commands")]
+    args = pytest_args_of(unit)
+    assert args is not None and args[0] == "tests" and "-m" in args and "not engine" in args[args.index("-m") + 1]
+    (report,) = [commands(c)[0] for c in tox_list(cp, "report", "commands")]
+    assert report[:2] == ["harness", "report"] and "-o" in report
+
+
+@pytest.mark.skipif(shutil.which("tox") is None, reason="tox is not installed here (pip install 'tox>=4.11'); "
+                                                         "tox.ini is still checked above with configparser")
+def test_tox_resolves_the_config():
+    proc = subprocess.run(["tox", "config", "-e", "unit,ort,ov,ncnn,trt,cpu,report", "-k", "deps", "extras",
+                           "commands"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "pytest suites/ --backend trt" in proc.stdout
+    assert "harness report results -o site/index.html" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- nightly
+
+
+def test_nightly_runs_on_a_schedule_and_by_hand():
+    on = triggers(load_workflow(NIGHTLY))
+    assert "workflow_dispatch" in on
+    crons = [entry["cron"] for entry in on["schedule"]]
+    assert crons and all(valid_cron(c) for c in crons), crons
+    minute, hour, dom, month, dow = crons[0].split()
+    assert (dom, month, dow) == ("*", "*", "*"), f"nightly means every day, got {crons[0]!r}"
+
+
+def test_nightly_matrix_has_hosted_cpu_engines_and_trt_on_the_self_hosted_gpu_runner():
+    _, job = suites_job(load_workflow(NIGHTLY))
+    assert job["runs-on"] == "${{ matrix.runner }}"
+    assert job["strategy"].get("fail-fast") is False, "one engine's failure must not cancel the others"
+    include = job["strategy"]["matrix"]["include"]
+    by_env: dict[str, list[dict[str, Any]]] = {}
+    for entry in include:
+        by_env.setdefault(entry["tox_env"], []).append(entry)
+    assert {"ort", "ov", "ncnn", "trt"} <= set(by_env)
+    for env in ("ort", "ov", "ncnn"):
+        assert all(str(e["runner"]).startswith("ubuntu-") for e in by_env[env]), by_env[env]
+    for entry in by_env["trt"]:
+        assert isinstance(entry["runner"], list) and {"self-hosted", "linux", "gpu"} <= set(entry["runner"]), entry
+    cp = tox_config()
+    for env in by_env:
+        assert cp.has_section(f"testenv:{env}"), f"matrix tox_env {env} is not a tox env"
+    names = [e["name"] for e in include]
+    assert len(names) == len(set(names)), "matrix names must be unique: they name the run ids and artifacts"
+
+
+def test_nightly_splits_one_backend_with_complete_shards():
+    _, job = suites_job(load_workflow(NIGHTLY))
+    shards: dict[str, list[tuple[int, int]]] = {}
+    for entry in job["strategy"]["matrix"]["include"]:
+        m = re.search(r"--shard\s+(\d+)/(\d+)", str(entry.get("pytest_args", "")))
+        if m:
+            shards.setdefault(entry["tox_env"], []).append((int(m.group(1)), int(m.group(2))))
+    assert shards, "no matrix entry uses --shard"
+    for env, parts in shards.items():
+        (n,) = {n for _, n in parts}
+        assert n >= 2 and sorted(i for i, _ in parts) == list(range(1, n + 1)), f"{env}: shards {parts} of {n}"
+
+
+def test_nightly_suite_jobs_write_unique_runs_and_upload_them():
+    _, job = suites_job(load_workflow(NIGHTLY))
+    for entry in job["strategy"]["matrix"]["include"]:
+        args = next(pytest_args_of(t) for r in run_lines(job) for t in commands(expand(r, entry))
+                    if pytest_args_of(t) is not None)
+        assert args[args.index("--results-dir") + 1] == "results"
+        run_id = args[args.index("--run-id") + 1]
+        assert entry["name"] in run_id, f"run id {run_id!r} must be unique per matrix job (artifacts are merged)"
+    (upload,) = uses(job, "actions/upload-artifact")
+    assert "${{ matrix.name }}" in upload["with"]["name"]
+    assert "results/" in upload["with"]["path"]
+    assert "!cancelled()" in str(upload.get("if", "")) or "always()" in str(upload.get("if", "")), \
+        "results must be uploaded even when a case failed"
+
+
+def test_nightly_report_job_reports_compares_and_publishes():
+    wf = load_workflow(NIGHTLY)
+    suites_name, _ = suites_job(wf)
+    name, job = job_running(wf, "report")
+    needs = job.get("needs")
+    assert suites_name in ([needs] if isinstance(needs, str) else needs)
+    (download,) = uses(job, "actions/download-artifact")
+    current = download["with"]["path"]
+    assert download["with"].get("merge-multiple") is True and download["with"]["pattern"] == "results-*"
+
+    text = "\n".join(run_lines(job))
+    (report,) = harness_invocations(text, "report")
+    assert current in report and report[report.index("-o") + 1] == "site/index.html"
+    (compare,) = harness_invocations(text, "compare")
+    positional = [t for t in compare[2:] if not t.startswith("-")]
+    fail_on = compare[compare.index("--fail-on") + 1]
+    assert fail_on == "p50:10%"
+    baseline_dir = positional[0]
+    assert positional[1] == current, f"compare {positional}: the current run must be {current}"
+
+    # last night's results: restored from and saved to the Actions cache under one path and key prefix
+    (restore,) = uses(job, "actions/cache/restore")
+    (save,) = uses(job, "actions/cache/save")
+    assert restore["with"]["path"] == save["with"]["path"] == baseline_dir
+    prefix = restore["with"]["restore-keys"].strip()
+    assert save["with"]["key"].startswith(prefix) and restore["with"]["key"] == save["with"]["key"]
+    order = [s.get("id") or s.get("uses") or s.get("name") for s in steps_of(job)]
+    assert order.index(restore.get("id") or restore["uses"]) < order.index(save.get("id") or save["uses"]), \
+        "the baseline must be restored before tonight's results replace it"
+
+    (pages,) = uses(job, "actions/upload-pages-artifact")
+    assert pages["with"]["path"] == "site"
+    deploy = [j for j in wf["jobs"].values() if uses(j, "actions/deploy-pages")]
+    assert len(deploy) == 1
+    assert name in ([deploy[0]["needs"]] if isinstance(deploy[0]["needs"], str) else deploy[0]["needs"])
+    assert deploy[0]["permissions"] == {"pages": "write", "id-token": "write"}
+    assert deploy[0]["environment"]["name"] == "github-pages"
+
+
+def test_nightly_regression_fails_the_workflow_after_publishing():
+    wf = load_workflow(NIGHTLY)
+    name, job = job_running(wf, "compare")
+    (step,) = [s for s in steps_of(job) if harness_invocations(s.get("run", ""), "compare")]
+    output = next(k for k, v in job["outputs"].items() if f"steps.{step['id']}.outputs" in v)
+    gates = [j for j in wf["jobs"].values() if f"needs.{name}.outputs.{output}" in json.dumps(j)]
+    assert gates, "nothing fails the workflow when harness compare reports a regression"
+    assert any("exit 1" in r for g in gates for r in run_lines(g))
+
+
+# ---------------------------------------------------------------------------------------------- PR
+
+
+def test_pr_workflow_runs_the_ci_script():
+    wf = load_workflow(PR)
+    assert "pull_request" in triggers(wf)
+    runs = [r for job in wf["jobs"].values() for r in run_lines(job)]
+    assert any(toks == ["bash", ".ci/run"] for r in runs for toks in commands(r)), runs
+    assert (ROOT / ".ci" / "run").is_file(), ".github/workflows/pr.yml runs bash .ci/run, which does not exist"
+    install = next(r for r in runs if "pip install" in r and "TORCH_SPEC" in r)
+    assert install.index("TORCH_SPEC") < install.index("-e ."), "torch must be installed before the project"
+    assert load_workflow(PR)["env"]["TORCH_SPEC"] == "torch==2.13.0"
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def test_every_pytest_option_ci_passes_exists():
+    known = long_options(pytest_help())
+    assert {"--backend", "--shard", "--results-dir", "--run-id"} <= known, "the harness plugin is not loaded"
+    checked = 0
+    for where, text in ci_command_sources():
+        for toks in commands(text):
+            args = pytest_args_of(toks)
+            if args is None:
+                continue
+            for arg in args:
+                opt = arg.split("=", 1)[0]
+                if opt.startswith("--") and opt != "--":
+                    assert opt in known, f"{where}: `{' '.join(toks)}` passes {opt}, which pytest does not define"
+                    checked += 1
+    assert checked >= 10, f"only {checked} options found: the command parser missed the CI commands"
+
+
+def test_every_harness_subcommand_ci_runs_exists():
+    top = harness_help()
+    if top.returncode != 0 and "No module named 'harness.cli'" in top.stderr:
+        pytest.skip("harness/cli.py is not written yet: cannot check `harness report`/`harness compare`")
+    assert top.returncode == 0, top.stderr
+    used = [(where, toks) for where, text in ci_command_sources() for toks in commands(text)
+            if toks[0] == "harness"]
+    assert {toks[1] for _, toks in used} >= {"report", "compare"}
+    for where, toks in used:
+        assert re.search(rf"\b{toks[1]}\b", top.stdout), f"{where}: `harness {toks[1]}` is not a subcommand"
+        sub = harness_help(toks[1])
+        assert sub.returncode == 0, sub.stderr
+        for opt in (t.split("=", 1)[0] for t in toks[2:] if t.startswith("-")):
+            assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", sub.stdout), \
+                f"{where}: `harness {toks[1]}` has no option {opt}"
+
+
+def test_pytest_help_lists_the_tox_unit_marker_expression_names():
+    """`-m "not engine and not browser"` deselects by marker names: they must be registered markers."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--markers", "-p", "no:cacheprovider"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (unit,) = [commands(c)[0] for c in tox_list(tox_config(), "unit", "commands")]
+    args = pytest_args_of(unit)
+    expression = args[args.index("-m") + 1]
+    for name in set(re.findall(r"[a-z_]+", expression)) - {"not", "and", "or"}:
+        assert f"@pytest.mark.{name}:" in proc.stdout, f"tox unit deselects marker {name!r}, which is not registered"
+
+
+# ---------------------------------------------------------------------------------------------- sharding
+
+
+COLLECT = r"""
+import json, sys
+import pytest
+
+class Collector:
+    def __init__(self):
+        self.ids = None
+
+    def pytest_collection_finish(self, session):
+        self.ids = [item.nodeid for item in session.items]
+
+out = {}
+for spec in json.loads(sys.argv[1]):
+    c = Collector()
+    args = ["suites", "--collect-only", "-q", "--tag", "ci", "-p", "no:cacheprovider", "--results-dir", sys.argv[2]]
+    code = pytest.main(args + (["--shard", spec] if spec else []), plugins=[c])
+    out[spec] = {"code": int(code), "ids": c.ids}
+print("SHARDS=" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def shard_collections(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    results = tmp_path_factory.mktemp("shard-results")
+    specs = ["", "1/3", "2/3", "3/3"]
+    proc = subprocess.run([sys.executable, "-c", COLLECT, json.dumps(specs), str(results)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SHARDS=")), None)
+    assert line is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"collections": json.loads(line.removeprefix("SHARDS=")), "results": results}
+
+
+def test_shards_partition_the_collection(shard_collections):
+    got = shard_collections["collections"]
+    assert all(v["code"] == 0 for v in got.values()), {k: v["code"] for k, v in got.items()}
+    full = got[""]["ids"]
+    assert len(full) == len(set(full)) >= 15
+    parts = [set(got[s]["ids"]) for s in ("1/3", "2/3", "3/3")]
+    assert all(parts), "a shard of the ci collection is empty"
+    assert set().union(*parts) == set(full)
+    assert sum(len(p) for p in parts) == len(full), "shards overlap"
+
+
+def test_shard_assignment_is_a_stable_hash_of_the_test_id(shard_collections):
+    """crc32 of the node id, not hash(): the same split in every process, job and night."""
+    got = shard_collections["collections"]
+    for i in (1, 2, 3):
+        ids = got[f"{i}/3"]["ids"]
+        assert ids and all(zlib.crc32(nodeid.encode()) % 3 == i - 1 for nodeid in ids), f"shard {i}/3"
+
+
+def test_collect_only_writes_no_run_directory(shard_collections):
+    """Collecting (CI's shard planning, --collect-only) runs nothing and must leave no empty run behind."""
+    leftovers = sorted(p.name for p in shard_collections["results"].iterdir())
+    assert leftovers == [], f"--collect-only wrote run directories: {leftovers}"

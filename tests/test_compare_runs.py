@@ -1,0 +1,189 @@
+"""Run-vs-run regression detection on the fixture runs and planted changes of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.report import FailOn, FailOnSyntaxError, compare_runs, parse_fail_on
+from harness.report.thresholds import bootstrap_test, slower_test
+from harness.results import Record, ResultStore, read_records
+
+RUNS = Path(__file__).parent / "data" / "runs"
+RUN_A = RUNS / "run-a"
+RUN_B = RUNS / "run-b"
+RUN_C = RUNS / "run-c"
+SLOW_CASE = ("resnet_tiny", "ort", "fp32")
+
+
+def _latency_from(samples: list[float], old: dict) -> dict:
+    s = np.asarray(samples)
+    return {**old, "samples_ms": [round(float(x), 4) for x in s], "p50_ms": float(np.percentile(s, 50)),
+            "p90_ms": float(np.percentile(s, 90)), "p99_ms": float(np.percentile(s, 99)), "mean_ms": float(s.mean()),
+            "min_ms": float(s.min())}
+
+
+def derive(tmp: Path, name: str, change: Callable[[Record], Record], src: Path = RUN_A) -> Path:
+    """A copy of a fixture run (same run id and machine) with ``change`` applied to every record."""
+    store = ResultStore(tmp, name)
+    store.dir.mkdir(parents=True)
+    for rec in read_records(src):
+        store.append(change(rec))
+    shutil.copy(src / "run.json", store.dir / "run.json")
+    return store.dir
+
+
+def slower(factor: float, case: tuple[str, str, str] = SLOW_CASE) -> Callable[[Record], Record]:
+    def change(r: Record) -> Record:
+        if (r.model, r.backend, r.precision) != case or not r.latency:
+            return r
+        return dataclasses.replace(r, latency=_latency_from([x * factor for x in r.latency["samples_ms"]], r.latency))
+    return change
+
+
+def jitter(fraction: float, seed: int = 3) -> Callable[[Record], Record]:
+    rng = np.random.default_rng(seed)
+
+    def change(r: Record) -> Record:
+        if not r.latency:
+            return r
+        noisy = [x * rng.uniform(1 - fraction, 1 + fraction) for x in r.latency["samples_ms"]]
+        return dataclasses.replace(r, latency=_latency_from(noisy, r.latency))
+    return change
+
+
+def test_run_compared_with_itself_has_no_regression():
+    outcome = compare_runs(RUN_A, RUN_A, ["p50:10%", "p99:20%", "cosine:0.001", "peak_rss_mb:15%"])
+    assert outcome.exit_code == 0 and outcome.regressions == []
+    assert len(outcome.diffs) == 30 and {d.outcome for d in outcome.diffs} == {"same"}
+    assert "no regression in 30 matched cases" in outcome.text
+
+
+def test_noise_only_copy_does_not_alarm(tmp_path):
+    noisy = derive(tmp_path, "noisy", jitter(0.04))
+    outcome = compare_runs(RUN_A, noisy, ["p50:10%", "p99:20%"])
+    assert outcome.exit_code == 0, outcome.text
+    changes = [abs(d.change("p50_ms")) for d in outcome.diffs if d.cur["has_latency"]]
+    assert 0 < max(changes) < 0.06  # the copy really differs, by noise only
+
+
+def test_planted_50_percent_slowdown_is_a_regression(tmp_path):
+    slow = derive(tmp_path, "slow", slower(1.5))
+    out = tmp_path / "cmp.html"
+    outcome = compare_runs(RUN_A, slow, ["p50:10%"], out=out)
+    assert outcome.exit_code == 1
+    assert [(r.case, r.metric) for r in outcome.regressions] == [("resnet_tiny ort fp32 [performance]", "p50")]
+    reg = outcome.regressions[0]
+    assert reg.change == "+50.0%" and "Mann-Whitney" in reg.detail
+    rows = [line for line in outcome.text.splitlines() if line.startswith(("REGRESSION", "changed", "same"))]
+    assert rows[0].startswith("REGRESSION  resnet_tiny ort fp32") and len(rows) == 31  # + the "same" ones
+    html = out.read_text()
+    assert 'class="regression"' in html and "1 regression(s)" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_slowdown_within_threshold_or_noise_is_not_a_regression(tmp_path):
+    slow = derive(tmp_path, "slow", slower(1.5))
+    assert compare_runs(RUN_A, slow, ["p50:60%"]).exit_code == 0  # significant, but within the threshold
+    # run-b: lstm_tiny ort fp16 (CV 0.22) is 11% slower at p50, beyond 10%, but not significantly
+    outcome = compare_runs(RUN_A, RUN_B, ["p50:10%"])
+    lstm = next(d for d in outcome.diffs if d.label.startswith("lstm_tiny ort fp16"))
+    assert lstm.change("p50_ms") > 0.10 and lstm.outcome == "changed"
+    assert any("not significant" in n for n in lstm.notes)
+    assert {(r.case.split(" [")[0], r.metric) for r in outcome.regressions} == {
+        ("resnet_tiny ort fp32", "p50"), ("srcnn_tiny ort int8", "verdict")}
+
+
+def test_verdict_change_pass_to_mismatch_is_always_a_regression(tmp_path):
+    def broken(r: Record) -> Record:
+        if (r.model, r.backend, r.precision) == ("srcnn_tiny", "ort", "fp32"):
+            return dataclasses.replace(r, status="mismatch", reason="out: max abs 0.3", latency=None)
+        if (r.model, r.backend, r.precision) == ("srcnn_tiny", "ov", "fp32"):
+            return dataclasses.replace(r, status="xfail", reason="known failure: added to the list")
+        return r
+    outcome = compare_runs(RUN_A, derive(tmp_path, "broken", broken), ["p50:1000%"])
+    assert outcome.exit_code == 1
+    assert [(r.case, r.metric, r.baseline, r.current) for r in outcome.regressions] == [
+        ("srcnn_tiny ort fp32 [performance]", "verdict", "pass", "mismatch")]
+    acknowledged = next(d for d in outcome.diffs if d.label.startswith("srcnn_tiny ov fp32"))
+    assert acknowledged.outcome == "changed" and "verdict pass -> xfail" in acknowledged.notes
+
+
+def test_missing_samples_fall_back_to_p50_threshold_and_say_so(tmp_path):
+    def strip(r: Record) -> Record:
+        return dataclasses.replace(r, latency={k: v for k, v in r.latency.items() if k != "samples_ms"}) \
+            if r.latency else r
+    base = derive(tmp_path, "base", strip)
+    slow = derive(tmp_path, "slow", lambda r: strip(slower(1.5)(r)))
+    outcome = compare_runs(base, slow, ["p50:10%", "p99:20%"])
+    assert outcome.exit_code == 1
+    assert [r.metric for r in outcome.regressions] == ["p50"]  # p99 is not judged without samples
+    row = outcome.diffs[0]
+    assert "no raw samples: threshold on p50 only, no significance test" in row.notes
+    assert any(n.startswith("p99 +50.0% not tested") for n in row.notes)
+    assert "no raw samples" in outcome.text
+
+
+def test_bootstrap_fallback_without_scipy(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # import raises ImportError
+    assert slower_test([1.0] * 5 + [1.1] * 5, [1.6] * 10).method == "bootstrap"
+    slow = derive(tmp_path, "slow", slower(1.5))
+    outcome = compare_runs(RUN_A, slow, ["p50:10%"])
+    assert outcome.exit_code == 1 and "bootstrap" in outcome.regressions[0].detail
+    assert compare_runs(RUN_A, derive(tmp_path, "noisy", jitter(0.04)), ["p50:10%"]).exit_code == 0
+
+
+def test_bootstrap_and_mann_whitney_agree_on_clear_cases():
+    rng = np.random.default_rng(0)
+    base = rng.lognormal(0, 0.05, 40)
+    assert bootstrap_test(base, base * 1.3).slower and slower_test(base, base * 1.3).slower
+    same = rng.permutation(base)
+    assert not bootstrap_test(base, same).slower and not slower_test(base, same).slower
+    assert slower_test(base[:3], base[:3] * 2) is None  # too few samples to test
+
+
+def test_peak_memory_and_cosine_thresholds(tmp_path):
+    def heavier(r: Record) -> Record:
+        if (r.model, r.backend, r.precision) == ("lstm_tiny", "ov", "fp32"):
+            return dataclasses.replace(r, peak_rss_mb=r.peak_rss_mb * 1.3, metrics={**r.metrics, "cosine": 0.998})
+        return r
+    cur = derive(tmp_path, "heavy", heavier)
+    outcome = compare_runs(RUN_A, cur, ["peak_rss_mb:15%", "cosine:0.001"])
+    assert sorted(r.metric for r in outcome.regressions) == ["cosine", "peak_rss_mb"]
+    assert compare_runs(RUN_A, cur, ["peak_rss_mb:50%", "cosine:0.01"]).exit_code == 0
+
+
+def test_runs_of_different_machines_are_not_compared():
+    outcome = compare_runs(RUN_A, RUN_C)
+    assert outcome.exit_code == 2 and outcome.diffs == []
+    assert "different machines" in outcome.text and "HARNESS_MACHINE_ID" in outcome.text
+
+
+def test_parse_fail_on():
+    assert parse_fail_on(["p50:10%"]) == (FailOn("p50", 0.1, True, "%"),)
+    assert parse_fail_on("p99:20%, cosine:0.001") == (FailOn("p99", 0.2, True, "%"), FailOn("cosine", 0.001, False))
+    assert parse_fail_on(["p50:0.5ms", "peak_rss_mb:15%"])[0] == FailOn("p50", 0.5, False, "ms")
+    assert str(parse_fail_on("p50:10%")[0]) == "p50:10%"
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("p50=10%", "expected METRIC:THRESHOLD"),
+    ("p50:", "expected METRIC:THRESHOLD"),
+    ("p50:-5%", "non-negative number"),
+    ("p50:ten%", "e.g. p50:10%"),
+    ("p42:10%", "unknown metric 'p42'; metrics: p50, p90, p99"),
+    ("cosine:5%", "cosine takes a plain number"),
+    ("p50:10mb", "p50 takes '%' or 'ms'"),
+])
+def test_bad_fail_on_syntax_says_what_is_expected(item, message):
+    with pytest.raises(FailOnSyntaxError, match=message) as info:
+        parse_fail_on([item])
+    assert repr(item) in str(info.value)
+    with pytest.raises(ValueError, match="bad --fail-on"):
+        compare_runs(RUN_A, RUN_A, [item])

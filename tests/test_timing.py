@@ -1,0 +1,104 @@
+"""harness.timing: the timed loop's stopping rules and statistics, on callables of known duration."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from harness.timing import RECORD_SAMPLES, Latency, bare_loop_ms, measure, summarize, thin
+
+SLEEP_S = 0.005
+
+
+def test_sleep_5ms_median_within_bounds_and_both_minimums_met():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(SLEEP_S)
+
+    start = time.perf_counter()
+    lat = measure(fn, min_time_s=0.2, min_iterations=10, warmup=2)
+    wall = time.perf_counter() - start
+    assert 5.0 <= lat.p50_ms <= 15.0
+    assert lat.min_ms >= 5.0  # sleep never returns early: nothing is lost from the timed region
+    assert lat.n >= 10 and lat.elapsed_s >= 0.2
+    assert len(calls) == lat.n + 2  # warm-up calls are made and not counted
+    assert wall >= lat.elapsed_s
+
+
+def test_min_iterations_dominates_when_calls_are_slow():
+    lat = measure(lambda: time.sleep(0.02), min_time_s=0.001, min_iterations=7, warmup=0)
+    assert lat.n == 7
+    assert lat.elapsed_s >= 7 * 0.02
+
+
+def test_max_samples_stops_fast_calls_before_min_time():
+    lat = measure(lambda: None, min_time_s=30.0, min_iterations=10, warmup=0, max_samples=500)
+    assert lat.n == 500
+    assert lat.elapsed_s < 30.0
+
+
+def test_max_samples_never_undercuts_min_iterations():
+    lat = measure(lambda: None, min_time_s=0.0, min_iterations=50, warmup=0, max_samples=5)
+    assert lat.n == 50
+
+
+def test_sync_is_inside_the_timed_region():
+    synced = []
+
+    def sync():
+        synced.append(1)
+        time.sleep(SLEEP_S)
+
+    lat = measure(lambda: None, min_time_s=0.0, min_iterations=10, warmup=1, sync=sync)
+    assert lat.min_ms >= 5.0
+    assert len(synced) == lat.n + 1
+
+
+def test_statistics_of_known_samples():
+    ms = np.arange(1, 101, dtype=np.float64)  # 1..100 ms
+    lat = summarize((ms * 1e6).astype(np.int64), elapsed_s=5.05)
+    assert lat.p50_ms == pytest.approx(50.5)
+    assert lat.p90_ms == pytest.approx(90.1)
+    assert lat.p99_ms == pytest.approx(99.01)
+    assert lat.mean_ms == pytest.approx(50.5)
+    assert lat.min_ms == 1.0 and lat.n == 100
+    assert lat.stdev_ms == pytest.approx(np.std(ms, ddof=1), rel=1e-6)
+    assert lat.cv == pytest.approx(np.std(ms, ddof=1) / 50.5, rel=1e-4)
+    assert lat.unstable  # cv ~0.57
+
+
+def test_steady_samples_are_stable_and_outliers_are_flagged():
+    steady = summarize([10_000_000] * 50)
+    assert (steady.cv, steady.unstable) == (0.0, False)
+    noisy = summarize([10_000_000] * 45 + [100_000_000] * 5)
+    assert noisy.unstable and noisy.p50_ms == 10.0
+
+
+def test_as_dict_has_the_record_keys_and_caps_samples():
+    lat = summarize(list(range(1_000_000, 2_000_000, 1000)))  # 1000 samples
+    d = lat.as_dict()
+    assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "cv", "min_ms", "n", "samples_ms",
+            "unstable"} <= set(d)
+    assert d["n"] == 1000 and len(d["samples_ms"]) == RECORD_SAMPLES
+    assert d["samples_ms"][0] == 1.0 and d["samples_ms"][-1] == pytest.approx(1.999)  # in call order, ends kept
+    assert isinstance(lat, Latency) and lat.items_per_s == pytest.approx(1000 / lat.mean_ms)
+
+
+def test_thin_keeps_short_lists_whole():
+    assert thin([1.0, 2.0], 200) == (1.0, 2.0)
+    assert len(thin(list(range(1000)), 10)) == 10
+
+
+def test_empty_or_invalid_input_raises():
+    with pytest.raises(ValueError, match="zero calls"):
+        summarize([])
+    with pytest.raises(ValueError, match="min_iterations"):
+        measure(lambda: None, min_iterations=0)
+
+
+def test_bare_loop_matches_known_duration():
+    assert 5.0 <= bare_loop_ms(lambda: time.sleep(SLEEP_S), iterations=10, warmup=0) <= 15.0
