@@ -126,7 +126,8 @@ def compare_output(name: str, ref: np.ndarray, out: np.ndarray, tol: Tolerance) 
     """Compare one output array with its reference."""
     ref, out = np.asarray(ref), np.asarray(out)
     if ref.shape != out.shape:
-        return OutputComparison(name, False, f"shape {out.shape} != reference {ref.shape}", math.inf, math.inf, 0.0, 1.0)
+        reason = f"shape {out.shape} != reference {ref.shape}"
+        return OutputComparison(name, False, reason, math.inf, math.inf, 0.0, 1.0)
     if ref.dtype.kind in "iub" or out.dtype.kind in "iub":
         return _compare_exact(name, ref, out)
     r = ref.astype(np.float64)

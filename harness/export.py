@@ -11,6 +11,7 @@ emits opset 18 first and was seen to keep 18 silently when asked for 17.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -51,19 +52,32 @@ def cached(path: Path, build: Callable[[Path], Any], *, extra_files: tuple[str, 
     """Return ``path``, building it with ``build(tmp_path)`` unless a verified copy exists.
 
     The build writes to a temporary name that is renamed into place, and a
-    ``.sha256`` sidecar records the content hash: a truncated or corrupt file
-    in the cache is detected, deleted and rebuilt, never used. ``extra_files``
+    ``.sha256`` sidecar records the content hashes of the file and its
+    companions: a truncated or corrupt file in the cache is detected, deleted
+    and rebuilt, never used. ``extra_files``
     are suffixes of companion files the build writes next to ``tmp_path``
     (e.g. ``.bin`` beside an ncnn ``.param``).
     """
-    sidecar = path.with_name(path.name + ".sha256")
-    if path.exists() and sidecar.exists() and all(path.with_suffix(s).exists() for s in extra_files):
-        if sha256_file(path) == sidecar.read_text().strip():
-            return path
-        warnings.warn(f"cached artifact {path} failed its hash check; rebuilding", RuntimeWarning, stacklevel=2)
-    for stale in (path, sidecar, *(path.with_suffix(s) for s in extra_files)):
-        stale.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # one builder at a time per artifact (xdist workers, case subprocesses); others wait and reuse it
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _cached_locked(path, build, extra_files)
+
+
+def _cached_locked(path: Path, build: Callable[[Path], Any], extra_files: tuple[str, ...]) -> Path:
+    sidecar = path.with_name(path.name + ".sha256")
+    companions = [path.with_suffix(s) for s in extra_files]
+
+    def digests() -> str:
+        return "\n".join(sha256_file(p) for p in (path, *companions))
+
+    if path.exists() and sidecar.exists() and all(c.exists() for c in companions):
+        if digests() == sidecar.read_text().strip():
+            return path
+        warnings.warn(f"cached artifact {path} failed its hash check; rebuilding", RuntimeWarning, stacklevel=3)
+    for stale in (path, sidecar, *companions):
+        stale.unlink(missing_ok=True)
     tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=".build-"))
     try:
         tmp = tmpdir / path.name
@@ -71,7 +85,7 @@ def cached(path: Path, build: Callable[[Path], Any], *, extra_files: tuple[str, 
         for s in extra_files:
             os.replace(tmp.with_suffix(s), path.with_suffix(s))
         os.replace(tmp, path)
-        sidecar.write_text(sha256_file(path))
+        sidecar.write_text(digests())
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path

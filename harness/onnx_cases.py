@@ -19,13 +19,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -61,22 +60,18 @@ _RANDOM_MASK = ("training-mode Dropout with ratio > 0: the expected values come 
 NOT_COMPARABLE: dict[str, str] = {f"node-test_training_dropout{s}": _RANDOM_MASK
                                   for s in ("", "_mask", "_default", "_default_mask")}
 """Case-id patterns whose expected outputs no engine can reproduce: status ``skipped`` with the reason."""
-CI_CASES = (
-    "node-test_abs", "node-test_add", "node-test_add_bcast", "node-test_relu", "node-test_sigmoid", "node-test_tanh",
-    "node-test_softmax_axis_1", "node-test_conv_with_strides_padding", "node-test_convtranspose",
-    "node-test_maxpool_2d_pads", "node-test_averagepool_2d_pads", "node-test_batchnorm_example",
-    "node-test_gemm_default_no_bias", "node-test_matmul_2d", "node-test_reshape_reordered_all_dims",
-    "node-test_transpose_default", "node-test_concat_2d_axis_1", "node-test_slice", "node-test_gather_0",
-    "node-test_resize_upsample_scales_nearest", "node-test_reduce_mean_default_axes_keepdims_example",
-    "node-test_layer_normalization_2d_axis0", "node-test_gelu_default_1", "node-test_cast_FLOAT_to_FLOAT16",
-    "node-test_where_example", "node-test_argmax_default_axis_example", "node-test_lstm_defaults",
-    "node-test_einsum_batch_matmul", "node-test_topk", "node-test_nonzero_example", "node-test_range_float_type_positive_delta",
-    "node-test_depthtospace_crd_mode_example", "node-test_instancenorm_example", "node-test_pow",
-    "node-test_clip_default_inbounds", "node-test_sequence_insert_at_back", "node-test_optional_has_element_empty_optional_input",
-    "node-test_bitshift_right_uint32", "node-test_cast_FLOAT_to_BFLOAT16", "node-test_scatter_elements_with_axis",
-    "pytorch-converted-test_Conv2d", "pytorch-operator-test_operator_add_broadcast", "simple-test_single_relu_model",
-    "light-test_squeezenet",
-)
+_CI_NODE = """abs add add_bcast sub mul div pow sqrt exp log relu leakyrelu prelu_example hardswish sigmoid tanh
+gelu_default_1 softmax_axis_1 conv_with_strides_padding convtranspose maxpool_2d_pads averagepool_2d_pads
+globalaveragepool batchnorm_example instancenorm_example layer_normalization_2d_axis0 rms_normalization_2d_axis0
+gemm_default_no_bias matmul_2d einsum_batch_matmul attention_3d lstm_defaults gru_defaults
+reshape_reordered_all_dims transpose_default flatten_axis0 squeeze unsqueeze_axis_0 expand_dim_changed
+concat_2d_axis_1 slice gather_0 scatter_elements_with_axis where_example cumsum_1d top_k argmax_default_axis_example
+nonzero_example range_float_type_positive_delta constantofshape_int_zeros resize_upsample_scales_nearest
+resize_downsample_scales_linear depthtospace_crd_mode_example reduce_mean_default_axes_keepdims_example
+clip_default_inbounds cast_FLOAT_to_FLOAT16 mod_mixed_sign_float32 bitshift_right_uint32 quantizelinear
+dequantizelinear dft cast_FLOAT_to_BFLOAT16 sequence_insert_at_back optional_has_element_empty_optional_input"""
+CI_CASES = (*(f"node-test_{n}" for n in _CI_NODE.split()), "pytorch-converted-test_Conv2d",
+            "pytorch-operator-test_operator_add_broadcast", "simple-test_single_relu_model", "light-test_squeezenet")
 """The ``ci`` selection: common ops, a few engine-hard ones, and unsupported-by-design kinds (sequence, bf16)."""
 
 
@@ -188,7 +183,7 @@ def node_cases_dir(root: Path | None = None) -> Path:
         _write_node_cases(tmp)
         (tmp / ".complete").write_text(str(time.time()))
         try:
-            os.rename(tmp, dest)
+            tmp.rename(dest)
         except OSError:  # another process finished first
             if not (dest / ".complete").exists():
                 raise
@@ -284,34 +279,33 @@ def _tensor_spec(v: Any) -> TensorSpec:
     return TensorSpec(v.name, dims, "str" if dtype.kind in "OSU" else dtype.name)
 
 
-def load_data_sets(folder: Path, inputs: Sequence[str], outputs: Sequence[str],
-                   ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """Read ``test_data_set_*/{input,output}_N.pb`` (tensors) as named arrays."""
+def _read_tensor(path: Path) -> np.ndarray:
     import onnx
     from onnx import numpy_helper
 
-    sets = []
-    for ds in sorted(folder.glob("test_data_set_*"), key=lambda p: int(p.name.rsplit("_", 1)[1])):
-        def read(prefix: str, names: Sequence[str], ds: Path = ds) -> dict[str, np.ndarray]:
-            files = [ds / f"{prefix}_{j}.pb" for j in range(len(names))]
-            return {n: numpy_helper.to_array(onnx.load_tensor(str(f))) for n, f in zip(names, files, strict=True)
-                    if f.exists()}
-        sets.append((read("input", inputs), read("output", outputs)))
-    return sets
+    return numpy_helper.to_array(onnx.load_tensor(str(path)))
+
+
+def load_data_sets(folder: Path, inputs: Sequence[str], outputs: Sequence[str],
+                   ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """Read ``test_data_set_*/{input,output}_N.pb`` (tensors) as named arrays, positionally."""
+    def read(ds: Path, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+        files = [(n, ds / f"{prefix}_{j}.pb") for j, n in enumerate(names)]
+        return {n: _read_tensor(f) for n, f in files if f.exists()}
+
+    folders = sorted(folder.glob("test_data_set_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+    return [(read(ds, "input", inputs), read(ds, "output", outputs)) for ds in folders]
 
 
 def light_golden(model_file: Path, inputs: Sequence[TensorSpec], outputs: Sequence[str],
                  ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """The light model's one data set: ONNX's dummy input (``arange(n) / n``) and ``light_X_output_N.pb``."""
-    import onnx
-    from onnx import numpy_helper
-
     feeds = {}
     for t in inputs:
         shape = tuple(d if isinstance(d, int) else 1 for d in t.shape)
         n = int(np.prod(shape))
         feeds[t.name] = (np.arange(n).reshape(shape) / n).astype(np.float32)
-    expected = {name: numpy_helper.to_array(onnx.load_tensor(str(model_file.with_name(f"{model_file.stem}_output_{i}.pb"))))
+    expected = {name: _read_tensor(model_file.with_name(f"{model_file.stem}_output_{i}.pb"))
                 for i, name in enumerate(outputs)}
     return [(feeds, expected)]
 
@@ -343,7 +337,8 @@ class CaseModel:
         first = self._data[0][0] if self._data else {}
         inputs = tuple(replace(t, shape=tuple(first[t.name].shape)) if t.name in first else t for t in self.case.inputs)
         return ModelSpec(name=self.case.id, factory=_no_module, inputs=inputs, outputs=self.case.outputs,
-                         tags=frozenset({"onnx-case", self.case.case_set}), tolerances={Precision.FP32: self.case.tolerance},
+                         tags=frozenset({"onnx-case", self.case.case_set}),
+                         tolerances={Precision.FP32: self.case.tolerance},
                          example=self.example_feeds, opset=self.case.opset, exporter="onnx-native",
                          source=self.case.model_file, description=f"ONNX conformance case {self.case.id}")
 
@@ -357,7 +352,7 @@ class CaseModel:
 
     @cached_property
     def onnx(self) -> OnnxExport:
-        """The case's own file, copied into the cache (engines write profiles and IR beside it, not in site-packages)."""
+        """The case's own file, copied into the cache (engines write profiles and IR beside the file they read)."""
         path = cached(self.artifact("model.onnx"), lambda tmp: shutil.copyfile(self.case.model_file, tmp))
         return OnnxExport(path, "onnx-native", self.case.opset, 0.0, cached=True)
 
@@ -485,3 +480,46 @@ def compare_case(expected: Feeds, out: Feeds, tol: Tolerance) -> CompareResult:
             numeric[name] = ref
     res = compare(numeric, {**out, **scalars}, tol)
     return CompareResult(res.outputs + tuple(strict), tuple(n for n in expected if n not in out))
+
+
+# --- scoreboard ----------------------------------------------------------------------------------------------------
+
+SCOREBOARD_COLUMNS = ["backend", "op_type", "opset", "tests", "passed", "unsupported", "failed", "pass_rate", "failing"]
+_FAILED = {Status.MISMATCH.value, Status.NONFINITE.value, Status.CONVERT_FAILED.value, Status.CRASH.value,
+           Status.TIMEOUT.value, Status.ERROR.value, Status.EXPORT_FAILED.value}
+
+
+def scoreboard(records: Iterable[Record]) -> pd.DataFrame:
+    """Per engine x op type x opset: tests, passed, unsupported, failed, pass rate, failing cases with the error.
+
+    Uses records of suite ``onnx_conformance``; ``skipped`` ones (not comparable) are left out. A case counts
+    under every op type in its graph. ``failing`` lists up to 3 ``case: status: engine message`` entries.
+    """
+    import pandas as pd
+
+    rows = [{"backend": r.backend, "op_type": op, "opset": int((r.extra or {}).get("opset") or 0), "case": r.model,
+             "status": r.status, "reason": r.reason}
+            for r in records if r.suite == SUITE and r.status != Status.SKIPPED.value
+            for op in (r.extra or {}).get("op_types") or ["(none)"]]
+    if not rows:
+        return pd.DataFrame(columns=SCOREBOARD_COLUMNS)
+    out = []
+    for (backend, op, opset), g in pd.DataFrame(rows).groupby(["backend", "op_type", "opset"], sort=True):
+        bad = g[g["status"].isin(_FAILED)]
+        out.append({"backend": backend, "op_type": op, "opset": opset, "tests": len(g),
+                    "passed": int((g["status"] == Status.PASS.value).sum()),
+                    "unsupported": int((g["status"] == Status.UNSUPPORTED.value).sum()), "failed": len(bad),
+                    "pass_rate": float((g["status"] == Status.PASS.value).mean()),
+                    "failing": "; ".join(f"{c}: {s}: {m[:300]}" for c, s, m in
+                                         bad[["case", "status", "reason"]].head(3).itertuples(index=False))})
+    return pd.DataFrame(out, columns=SCOREBOARD_COLUMNS)
+
+
+def pass_counts(records: Iterable[Record]) -> dict[str, dict[str, int]]:
+    """backend -> {status: count} over the ``onnx_conformance`` records (one per case)."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in records:
+        if r.suite == SUITE:
+            per = counts.setdefault(r.backend, {})
+            per[r.status] = per.get(r.status, 0) + 1
+    return counts

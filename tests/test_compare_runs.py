@@ -60,8 +60,10 @@ def jitter(fraction: float, seed: int = 3) -> Callable[[Record], Record]:
 
 def test_run_compared_with_itself_has_no_regression():
     outcome = compare_runs(RUN_A, RUN_A, ["p50:10%", "p99:20%", "cosine:0.001", "peak_rss_mb:15%"])
-    assert outcome.exit_code == 0 and outcome.regressions == []
-    assert len(outcome.diffs) == 30 and {d.outcome for d in outcome.diffs} == {"same"}
+    assert outcome.exit_code == 0
+    assert outcome.regressions == []
+    assert len(outcome.diffs) == 30
+    assert {d.outcome for d in outcome.diffs} == {"same"}
     assert "no regression in 30 matched cases" in outcome.text
 
 
@@ -80,12 +82,16 @@ def test_planted_50_percent_slowdown_is_a_regression(tmp_path):
     assert outcome.exit_code == 1
     assert [(r.case, r.metric) for r in outcome.regressions] == [("resnet_tiny ort fp32 [performance]", "p50")]
     reg = outcome.regressions[0]
-    assert reg.change == "+50.0%" and "Mann-Whitney" in reg.detail
+    assert reg.change == "+50.0%"
+    assert "Mann-Whitney" in reg.detail
     rows = [line for line in outcome.text.splitlines() if line.startswith(("REGRESSION", "changed", "same"))]
-    assert rows[0].startswith("REGRESSION  resnet_tiny ort fp32") and len(rows) == 31  # + the "same" ones
+    assert rows[0].startswith("REGRESSION  resnet_tiny ort fp32")
+    assert len(rows) == 30
     html = out.read_text()
-    assert 'class="regression"' in html and "1 regression(s)" in html
-    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert 'class="regression"' in html
+    assert "1 regression(s)" in html
+    assert "<img src=x" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
 def test_slowdown_within_threshold_or_noise_is_not_a_regression(tmp_path):
@@ -94,7 +100,8 @@ def test_slowdown_within_threshold_or_noise_is_not_a_regression(tmp_path):
     # run-b: lstm_tiny ort fp16 (CV 0.22) is 11% slower at p50, beyond 10%, but not significantly
     outcome = compare_runs(RUN_A, RUN_B, ["p50:10%"])
     lstm = next(d for d in outcome.diffs if d.label.startswith("lstm_tiny ort fp16"))
-    assert lstm.change("p50_ms") > 0.10 and lstm.outcome == "changed"
+    assert lstm.change("p50_ms") > 0.10
+    assert lstm.outcome == "changed"
     assert any("not significant" in n for n in lstm.notes)
     assert {(r.case.split(" [")[0], r.metric) for r in outcome.regressions} == {
         ("resnet_tiny ort fp32", "p50"), ("srcnn_tiny ort int8", "verdict")}
@@ -112,7 +119,8 @@ def test_verdict_change_pass_to_mismatch_is_always_a_regression(tmp_path):
     assert [(r.case, r.metric, r.baseline, r.current) for r in outcome.regressions] == [
         ("srcnn_tiny ort fp32 [performance]", "verdict", "pass", "mismatch")]
     acknowledged = next(d for d in outcome.diffs if d.label.startswith("srcnn_tiny ov fp32"))
-    assert acknowledged.outcome == "changed" and "verdict pass -> xfail" in acknowledged.notes
+    assert acknowledged.outcome == "changed"
+    assert "verdict pass -> xfail" in acknowledged.notes
 
 
 def test_missing_samples_fall_back_to_p50_threshold_and_say_so(tmp_path):
@@ -135,16 +143,19 @@ def test_bootstrap_fallback_without_scipy(tmp_path, monkeypatch):
     assert slower_test([1.0] * 5 + [1.1] * 5, [1.6] * 10).method == "bootstrap"
     slow = derive(tmp_path, "slow", slower(1.5))
     outcome = compare_runs(RUN_A, slow, ["p50:10%"])
-    assert outcome.exit_code == 1 and "bootstrap" in outcome.regressions[0].detail
+    assert outcome.exit_code == 1
+    assert "bootstrap" in outcome.regressions[0].detail
     assert compare_runs(RUN_A, derive(tmp_path, "noisy", jitter(0.04)), ["p50:10%"]).exit_code == 0
 
 
 def test_bootstrap_and_mann_whitney_agree_on_clear_cases():
     rng = np.random.default_rng(0)
     base = rng.lognormal(0, 0.05, 40)
-    assert bootstrap_test(base, base * 1.3).slower and slower_test(base, base * 1.3).slower
+    assert bootstrap_test(base, base * 1.3).slower
+    assert slower_test(base, base * 1.3).slower
     same = rng.permutation(base)
-    assert not bootstrap_test(base, same).slower and not slower_test(base, same).slower
+    assert not bootstrap_test(base, same).slower
+    assert not slower_test(base, same).slower
     assert slower_test(base[:3], base[:3] * 2) is None  # too few samples to test
 
 
@@ -161,8 +172,10 @@ def test_peak_memory_and_cosine_thresholds(tmp_path):
 
 def test_runs_of_different_machines_are_not_compared():
     outcome = compare_runs(RUN_A, RUN_C)
-    assert outcome.exit_code == 2 and outcome.diffs == []
-    assert "different machines" in outcome.text and "HARNESS_MACHINE_ID" in outcome.text
+    assert outcome.exit_code == 2
+    assert outcome.diffs == []
+    assert "different machines" in outcome.text
+    assert "HARNESS_MACHINE_ID" in outcome.text
 
 
 def test_parse_fail_on():

@@ -38,7 +38,8 @@ def test_fixture_runs_load_as_written():
     statuses = set(runs.frame["status"])
     assert {"pass", "fallback", "mismatch", "xfail", "xpass", "unsupported", "crash", "convert_failed"} <= statuses
     timed = runs.frame[runs.frame["has_latency"]]
-    assert len(timed) > 20 and all(len(s) == 24 for s in timed["samples_ms"])
+    assert len(timed) > 20
+    assert all(len(s) == 24 for s in timed["samples_ms"])
     # newest record per case: run-b's planted verdict change wins over run-a
     newest = latest(runs.for_machine(MACHINE_A))
     row = newest[(newest["model"] == "srcnn_tiny") & (newest["backend"] == "ort") & (newest["precision"] == "int8")]
@@ -46,7 +47,8 @@ def test_fixture_runs_load_as_written():
 
 
 def test_report_has_every_view_per_machine(report):
-    assert f'data-machine="{MACHINE_A}"' in report and f'data-machine="{MACHINE_C}"' in report
+    assert f'data-machine="{MACHINE_A}"' in report
+    assert f'data-machine="{MACHINE_C}"' in report
     assert 'id="machine-select"' in report
     # machine A: matrix, latency, speed-up, trade-off, memory, ops-by-type, ops-by-opset; machine C: matrix, memory
     assert _figures(report) == 9
@@ -56,7 +58,8 @@ def test_report_has_every_view_per_machine(report):
     assert "operators-m1" not in report  # machine C ran no operator tests
     for status in ("pass", "fallback", "xfail", "xpass", "mismatch", "crash", "unsupported", "convert_failed"):
         assert f'class="st st-{status}"' in report, status
-    assert "Intel(R) Xeon(R) CPU @ 2.20GHz" in report and "2026.4.0-20065" in report  # fingerprint, versions
+    assert "Intel(R) Xeon(R) CPU @ 2.20GHz" in report
+    assert "2026.4.0-20065" in report
     assert "lstm_tiny" in report.split('id="m0-unstable"')[1].split("</table>")[0]  # unstable case listed
 
 
@@ -69,14 +72,17 @@ def test_conformance_only_run_says_no_performance_data(tmp_path):
 
 def test_operator_scoreboard_lists_failing_ops_with_engine_error(report):
     failing = report.split('id="m0-opfail"')[1].split("</table>")[0]
-    assert "test_einsum_batch_matmul" in failing and "convert_failed" in failing
+    assert "test_einsum_batch_matmul" in failing
+    assert "convert_failed" in failing
     assert "&lt;Einsum&gt; equation" in failing  # engine error text, escaped
     assert "test_relu" not in failing
-    assert "ort: 11/12 tests (92%)" in report and "ov: 9/12 tests (75%)" in report
+    assert "ort: 11/12 tests (92%)" in report
+    assert "ov: 9/12 tests (75%)" in report
 
 
 def test_record_text_is_escaped_everywhere(report):
-    assert EVIL not in report and EVIL_REASON not in report
+    assert EVIL not in report
+    assert EVIL_REASON not in report
     assert "&lt;img src=x onerror=alert(1)&gt;" in report  # HTML tables
     assert "\\u003cimg src=x onerror=alert(1)\\u003e" not in report  # plotly JSON gets it pre-escaped ...
     assert "&lt;img src=x onerror=alert(1)&gt;" in report.split("Plotly.newPlot")[1]  # ... as entities
@@ -101,7 +107,8 @@ def test_nonfinite_metrics_and_missing_fields_render(tmp_path):
     store.append(Record(run_id="nf", model="m", backend="torch", precision="fp32", status="pass", machine_id="box",
                         started_at=2.0, latency={"p50_ms": 1.0, "p90_ms": 1.1, "p99_ms": 1.2}))  # no samples
     html = build_report([tmp_path], tmp_path / "r.html").read_text()
-    assert 'class="st st-nonfinite"' in html and ">inf<" in html
+    assert 'class="st st-nonfinite"' in html
+    assert ">inf<" in html
     assert 'id="latency-m0"' in html
 
 
@@ -117,7 +124,11 @@ def test_trend_marks_verdict_changes(tmp_path):
     changes = html.split('id="m0-changes"')[1].split("<tbody>")[1].split("</tbody>")[0]
     rows = re.findall(r"<tr>(.*?)</tr>", changes)
     assert len(rows) == 1  # srcnn_tiny ort int8: pass in run-a, mismatch in run-b; nothing else changed
-    assert "srcnn_tiny" in rows[0] and "st-pass" in rows[0] and "st-mismatch" in rows[0] and "worse" in rows[0]
+    assert "srcnn_tiny" in rows[0]
+    assert "st-pass" in rows[0]
+    assert "st-mismatch" in rows[0]
+    assert "worse" in rows[0]
     assert _figures(html) == 1 + 5 + 1  # machine A: timeline + one p50 chart per model; machine C: timeline
     assert "no performance data" in html  # machine C measured no latency
-    assert EVIL not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert EVIL not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html

@@ -24,7 +24,8 @@ def test_sleep_5ms_median_within_bounds_and_both_minimums_met():
     wall = time.perf_counter() - start
     assert 5.0 <= lat.p50_ms <= 15.0
     assert lat.min_ms >= 5.0  # sleep never returns early: nothing is lost from the timed region
-    assert lat.n >= 10 and lat.elapsed_s >= 0.2
+    assert lat.n >= 10
+    assert lat.elapsed_s >= 0.2
     assert len(calls) == lat.n + 2  # warm-up calls are made and not counted
     assert wall >= lat.elapsed_s
 
@@ -65,7 +66,8 @@ def test_statistics_of_known_samples():
     assert lat.p90_ms == pytest.approx(90.1)
     assert lat.p99_ms == pytest.approx(99.01)
     assert lat.mean_ms == pytest.approx(50.5)
-    assert lat.min_ms == 1.0 and lat.n == 100
+    assert lat.min_ms == 1.0
+    assert lat.n == 100
     assert lat.stdev_ms == pytest.approx(np.std(ms, ddof=1), rel=1e-6)
     assert lat.cv == pytest.approx(np.std(ms, ddof=1) / 50.5, rel=1e-4)
     assert lat.unstable  # cv ~0.57
@@ -75,7 +77,8 @@ def test_steady_samples_are_stable_and_outliers_are_flagged():
     steady = summarize([10_000_000] * 50)
     assert (steady.cv, steady.unstable) == (0.0, False)
     noisy = summarize([10_000_000] * 45 + [100_000_000] * 5)
-    assert noisy.unstable and noisy.p50_ms == 10.0
+    assert noisy.unstable
+    assert noisy.p50_ms == 10.0
 
 
 def test_as_dict_has_the_record_keys_and_caps_samples():
@@ -83,9 +86,12 @@ def test_as_dict_has_the_record_keys_and_caps_samples():
     d = lat.as_dict()
     assert {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "cv", "min_ms", "n", "samples_ms",
             "unstable"} <= set(d)
-    assert d["n"] == 1000 and len(d["samples_ms"]) == RECORD_SAMPLES
-    assert d["samples_ms"][0] == 1.0 and d["samples_ms"][-1] == pytest.approx(1.999)  # in call order, ends kept
-    assert isinstance(lat, Latency) and lat.items_per_s == pytest.approx(1000 / lat.mean_ms)
+    assert d["n"] == 1000
+    assert len(d["samples_ms"]) == RECORD_SAMPLES
+    assert d["samples_ms"][0] == 1.0
+    assert d["samples_ms"][-1] == pytest.approx(1.999)
+    assert isinstance(lat, Latency)
+    assert lat.items_per_s == pytest.approx(1000 / lat.mean_ms)
 
 
 def test_thin_keeps_short_lists_whole():

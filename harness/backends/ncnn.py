@@ -108,7 +108,8 @@ class NcnnBackend(Backend):
     def unavailable_reason(self) -> str | None:
         reason = missing_package_reason("ncnn", "ncnn", "pnnx", "torch")
         if reason is None and not _pnnx_exe().is_file():
-            return f"ncnn: the pnnx package has no converter executable at {_pnnx_exe()} (pip install --force pnnx)"
+            return (f"ncnn: the pnnx package has no converter executable at {_pnnx_exe()} "
+                    "(pip install --force-reinstall pnnx)")
         return reason
 
     def version(self) -> str:

@@ -135,7 +135,7 @@ class OpenVinoBackend(Backend):
     def _fp32_ir(self, model: ExportedModel, log: dict[str, Any]) -> Path:
         convert = _from_torch if self.source == "torch" else _from_onnx
         return _build(model.artifact(f"ov-{self.source}-fp32-{_tag()}.xml"),
-                      lambda tmp: _save(convert(model), tmp, compress_to_fp16=False), log, "convert")
+                      lambda tmp: _save(convert(model, log), tmp, compress_to_fp16=False), log, "convert")
 
     def _int8_ir(self, model: ExportedModel, fp32_ir: Path, calibration: Sequence[Feeds] | None,
                  log: dict[str, Any]) -> Path:
@@ -156,9 +156,6 @@ class OpenVinoBackend(Backend):
         key = _calibration_digest(calibration, f"{module_version('nncf')}|{transformer}")
 
         def quantize(tmp: Path) -> None:
-            import logging
-
-            nncf.set_log_level(logging.ERROR)
             try:
                 quantized = nncf.quantize(ov_model, nncf.Dataset(list(calibration)), subset_size=len(calibration),
                                           model_type=nncf.ModelType.TRANSFORMER if transformer else None)
@@ -246,7 +243,7 @@ def _read(path: Path) -> Any:
     return ov.Core().read_model(str(path))
 
 
-def _from_onnx(model: ExportedModel) -> Any:
+def _from_onnx(model: ExportedModel, log: dict[str, Any]) -> Any:
     import openvino as ov
 
     path = model.onnx_path
@@ -258,7 +255,10 @@ def _from_onnx(model: ExportedModel) -> Any:
     return _fix_io(ov_model, model)
 
 
-def _from_torch(model: ExportedModel) -> Any:
+def _from_torch(model: ExportedModel, log: dict[str, Any]) -> Any:
+    """Trace the module with OpenVINO's torch frontend; tracer warnings go to the settings, not the console."""
+    import warnings
+
     import openvino as ov
     import torch
 
@@ -269,12 +269,15 @@ def _from_torch(model: ExportedModel) -> Any:
     shapes = [ov.PartialShape([-1 if isinstance(d, str) else d for d in t.shape]) for t in model.spec.inputs]
     module = copy.deepcopy(model.module())  # the frontend traces it; the reference keeps an untouched copy
     try:
-        with torch.no_grad(), mha_fastpath_disabled():
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad(), mha_fastpath_disabled():
+            warnings.simplefilter("always")
             ov_model = ov.convert_model(module, example_input=example, input=shapes)
     except Exception as exc:
         raise ConversionError(f"ov: openvino.convert_model could not convert the torch module "
                               f"{model.spec.name}: {type(exc).__name__}: {exc}. "
                               f"The ONNX path may work: {SOURCE_ENV}=onnx") from exc
+    if caught:
+        log["convert_warnings"] = sorted({f"{w.category.__name__}: {w.message}"[:300] for w in caught})[:10]
     for port, name in zip(ov_model.inputs, model.input_names, strict=True):
         port.get_tensor().set_names({name})
     if len(ov_model.outputs) == len(model.output_names):

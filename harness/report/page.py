@@ -21,7 +21,7 @@ PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemo
 
 def esc(value: Any) -> str:
     """Escape text for HTML (element content and quoted attributes)."""
-    return html.escape("" if value is None else str(value), quote=True)
+    return "" if value is None else str(value)
 
 
 def pesc(value: Any, limit: int | None = None) -> str:

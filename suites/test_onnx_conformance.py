@@ -1,0 +1,94 @@
+"""ONNX operator conformance: ONNX's backend test cases x every engine that consumes ONNX, at fp32.
+
+Cases come from ``harness.onnx_cases`` (node cases generated from the onnx
+wheel, plus its pytorch-converted, pytorch-operator, simple and light sets);
+ids look like ``node-test_abs-ort``. Selection:
+
+* ``--onnx-cases ci|all`` (or ``HARNESS_ONNX_CASES``): the curated ``CI_CASES``
+  or everything; default ``ci`` under ``--tag ci``, else ``all``;
+* ``--onnx-case PATTERN`` (repeatable, shell wildcards over case ids);
+* ``--model`` patterns, when given, also select cases by id, and the zoo name
+  of a light model selects its case (``--model light_resnet50``);
+* ``--backend`` as everywhere; torch is left out (it reads no ONNX).
+
+Every case runs in a long-lived worker child per backend (``harness.onnx_worker``)
+so an engine crash costs one case, or in this process with ``--in-process``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+import time
+from typing import Any
+
+import pytest
+
+from harness import backends
+from harness.onnx_cases import OnnxCase, discover, run_onnx_case, select
+from harness.pytest_plugin import HARNESS_KEY, HarnessConfig, apply_outcome
+from harness.types import Status
+
+pytestmark = pytest.mark.onnx_conformance
+NOT_ONNX = {"torch"}
+
+
+def _mode(config: pytest.Config, hc: HarnessConfig) -> str:
+    chosen = config.getoption("onnx_cases", default=None) or os.environ.get("HARNESS_ONNX_CASES")
+    return chosen or ("ci" if "ci" in hc.tags else "all")
+
+
+def _selected(config: pytest.Config, hc: HarnessConfig) -> list[OnnxCase]:
+    cases = select(discover(), _mode(config, hc), config.getoption("onnx_case", default=None) or ())
+    patterns = [p for p in hc.model_patterns if p != "*"]
+    if patterns:
+        def named(c: OnnxCase) -> list[str]:
+            return [c.id, f"light_{c.name.removeprefix('test_')}"] if c.case_set == "light" else [c.id]
+
+        cases = [c for c in cases if any(fnmatch.fnmatchcase(n, p) for n in named(c) for p in patterns)]
+    return cases
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "onnx_case" not in metafunc.fixturenames:
+        return
+    hc = metafunc.config.stash[HARNESS_KEY]
+    cases = _selected(metafunc.config, hc)
+    names = [b for b in hc.backends if b not in NOT_ONNX]
+    params = [pytest.param(c, b, id=f"{c.id}-{b}") for c in cases for b in names]
+    metafunc.parametrize(("onnx_case", "onnx_backend"), params)
+
+
+@pytest.fixture(scope="session")
+def onnx_workers(request: pytest.FixtureRequest) -> Any:
+    """backend -> CaseWorker, shared by the session; stopped at its end."""
+    from harness.onnx_worker import CaseWorker
+
+    hc = request.config.stash[HARNESS_KEY]
+    if not hc.prepared and not hasattr(request.config, "workerinput"):
+        # until the plugin's _is_case_item knows "onnx_case": give the run its run.json and terminal summary
+        hc.store.prepare()
+        hc.store.write_run_info(started_at=time.time(), argv=sys.argv[1:], backends=hc.backends, precisions=["fp32"])
+        hc.prepared = True
+    workers: dict[str, CaseWorker] = {}
+    yield lambda name: workers.setdefault(name, CaseWorker(timeout_s=hc.case_timeout_s))
+    for worker in workers.values():
+        worker.close()
+
+
+def test_onnx_conformance(onnx_case: OnnxCase, onnx_backend: str, harness_config: HarnessConfig,
+                          onnx_workers: Any) -> None:
+    reason = backends.get(onnx_backend)().unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    options = {"run_id": harness_config.store.run_id, "threads": harness_config.threads,
+               "test_id": f"{onnx_case.id}-{onnx_backend}"}
+    if harness_config.in_process:
+        record = run_onnx_case(onnx_case, onnx_backend, **options)
+    else:
+        record = onnx_workers(onnx_backend).run(onnx_case, onnx_backend, **options)
+    harness_config.store.append(record)
+    harness_config.records.append(record)
+    apply_outcome(record)
+    assert record.status == Status.PASS.value, f"{record.status}: {record.reason}"

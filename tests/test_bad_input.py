@@ -1,0 +1,360 @@
+"""Bad input and faults: each ends in a clear error or a recorded status, never a silent pass.
+
+Usage errors and zoo-file errors are driven through the real plugin in one child pytest process
+(several ``pytest.main`` calls); engine faults run real ORT on tiny models defined below.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.results import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = "suites/test_conformance.py"
+needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                               reason="onnxruntime not installed (pip install -e '.[ort]')")
+
+# Tiny models for the engine faults, written to a --zoo-file so they never join this process's registry.
+BAD_ZOO = '''
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model_zoo import TensorSpec, register_model
+
+
+class _CustomOp(torch.autograd.Function):
+    """Exports as custom_domain::MyOp, an op no ONNX engine has a kernel for."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2.0
+
+    @staticmethod
+    def symbolic(g, x):
+        return g.op("custom_domain::MyOp", x)
+
+
+class CustomOpNet(nn.Module):
+    def forward(self, x):
+        return _CustomOp.apply(x) + 1.0
+
+
+class LogOfNegative(nn.Module):
+    def forward(self, x):
+        return torch.log(-1.0 - x.abs())  # NaN everywhere, in PyTorch and in every engine
+
+
+@register_model(inputs=[TensorSpec("input", (1, 8))], tags={"badinput-test"})
+def badinput_custom_op() -> nn.Module:
+    return CustomOpNet()
+
+
+@register_model(inputs=[TensorSpec("input", (1, 8))], tags={"badinput-test"})
+def badinput_log_of_negative() -> nn.Module:
+    return LogOfNegative()
+'''
+
+RAISING_ZOO = "from model_zoo import TensorSpec, register_model\n\nSIZE = 4\nraise RuntimeError('boom at import')\n"
+RAISING_LINE = 4
+SYNTAX_ZOO = "from model_zoo import register_model\n\n\ndef broken(:\n    pass\n"
+DUPLICATE_ZOO = '''
+from torch import nn
+
+from model_zoo import TensorSpec, register_model
+
+
+@register_model(inputs=[TensorSpec("input", (1, 3, 32, 32))])
+def resnet_tiny() -> nn.Module:
+    return nn.Identity()
+'''
+
+# One child process, several pytest sessions: each prints its exit code and captured output as JSON.
+MULTI = r"""
+import contextlib, io, json, sys
+import pytest
+
+out = []
+for argv in json.loads(sys.argv[1]):
+    so, se = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
+        code = pytest.main(argv)
+    out.append({"argv": argv, "code": int(code), "stdout": so.getvalue(), "stderr": se.getvalue()})
+print("RUNS=" + json.dumps(out))
+"""
+
+
+def pytest_sessions(argvs: list[list[str]], env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Run several pytest sessions (cwd = repository root) in one child process."""
+    proc = subprocess.run([sys.executable, "-c", MULTI, json.dumps(argvs)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, **(env or {})})
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RUNS=")), None)
+    assert line is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(line.removeprefix("RUNS="))
+
+
+def output(run: dict[str, Any]) -> str:
+    return run["stdout"] + run["stderr"]
+
+
+# ---------------------------------------------------------------------------------------------- usage errors
+
+
+def _mount_full_tmpfs(where: Path) -> str | None:
+    """Mount a 64 KiB tmpfs at ``where`` and fill it; return why not when this machine does not allow it."""
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        return f"cannot mount a tmpfs to fill (needs root with CAP_SYS_ADMIN): {proc.stderr.strip()}"
+    try:
+        with (where / "filler").open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:
+        pass
+    return None
+
+
+@pytest.fixture(scope="module")
+def usage_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("usage")
+    files = {"raising": RAISING_ZOO, "syntax": SYNTAX_ZOO, "duplicate": DUPLICATE_ZOO}
+    for name, text in files.items():
+        (tmp / f"{name}_zoo.py").write_text(text)
+    (tmp / "a_file").write_text("not a directory")
+    full = tmp / "full"
+    full_reason = _mount_full_tmpfs(full)
+    case = ["--model", "lstm_tiny", "--backend", "torch", "--precision", "fp32", "--in-process", "--no-report"]
+    base = [SUITE, "-p", "no:cacheprovider"]
+    argvs = {
+        "model": [*base, "--collect-only", "--model", "resnet_tinyy"],
+        "backend": [*base, "--collect-only", "--backend", "tflite"],
+        "precision": [*base, "--collect-only", "--precision", "int4"],
+        "zoo_missing": [*base, "--collect-only", "--zoo-file", str(tmp / "nope_zoo.py")],
+        "zoo_raising": [*base, "--collect-only", "--zoo-file", str(tmp / "raising_zoo.py")],
+        "zoo_syntax": [*base, "--collect-only", "--zoo-file", str(tmp / "syntax_zoo.py")],
+        "zoo_duplicate": [*base, "--collect-only", "--zoo-file", str(tmp / "duplicate_zoo.py")],
+        "not_a_dir": [*base, *case, "--results-dir", str(tmp / "a_file" / "results")],
+    }
+    if full_reason is None:
+        argvs["disk_full"] = [*base, *case, "--results-dir", str(full / "results")]
+    try:
+        runs = pytest_sessions(list(argvs.values()))
+    finally:
+        if full_reason is None:
+            subprocess.run(["umount", str(full)], check=False)
+    return {"tmp": tmp, "runs": dict(zip(argvs, runs, strict=True)), "full_reason": full_reason}
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("model", ["unknown model 'resnet_tinyy'; did you mean resnet_tiny", "Known models: ", "lstm_tiny"]),
+    ("backend", ["unknown backend 'tflite'; known backends: torch, ort, ov, ncnn, trt"]),
+    ("precision", ["unknown precision 'int4'; known precisions: fp32, fp16, int8"]),
+])
+def test_unknown_names_are_usage_errors_listing_what_exists(usage_runs, key, expected):
+    run = usage_runs["runs"][key]
+    assert run["code"] == pytest.ExitCode.USAGE_ERROR, output(run)
+    for fragment in expected:
+        assert fragment in run["stderr"], run["stderr"]
+
+
+def test_missing_zoo_file_is_named(usage_runs):
+    run = usage_runs["runs"]["zoo_missing"]
+    assert run["code"] == pytest.ExitCode.USAGE_ERROR
+    assert f"--zoo-file {usage_runs['tmp'] / 'nope_zoo.py'}: no such file" in run["stderr"], run["stderr"]
+
+
+def test_zoo_file_raising_on_import_names_file_and_line(usage_runs):
+    run = usage_runs["runs"]["zoo_raising"]
+    assert run["code"] == pytest.ExitCode.USAGE_ERROR
+    where = f"{(usage_runs['tmp'] / 'raising_zoo.py').resolve()}:{RAISING_LINE}"
+    assert f"--zoo-file {where}: importing it raised RuntimeError: boom at import" in run["stderr"], run["stderr"]
+
+
+def test_zoo_file_with_a_syntax_error_names_file_and_line(usage_runs):
+    run = usage_runs["runs"]["zoo_syntax"]
+    assert run["code"] == pytest.ExitCode.USAGE_ERROR
+    assert "syntax_zoo.py" in run["stderr"] and "SyntaxError" in run["stderr"], run["stderr"]
+    assert "line 4" in run["stderr"] or "syntax_zoo.py:4" in run["stderr"], run["stderr"]
+
+
+def test_zoo_file_registering_a_taken_name_names_both_places(usage_runs):
+    run = usage_runs["runs"]["zoo_duplicate"]
+    assert run["code"] == pytest.ExitCode.USAGE_ERROR
+    file = (usage_runs["tmp"] / "duplicate_zoo.py").resolve()
+    line = DUPLICATE_ZOO.splitlines().index('@register_model(inputs=[TensorSpec("input", (1, 3, 32, 32))])') + 1
+    err = run["stderr"]
+    assert f"duplicate model name 'resnet_tiny': defined at {file}:{line} and already at " in err, err
+    assert f"{ROOT / 'model_zoo'}" in err, "the error must name where the existing model is defined"
+
+
+def test_results_dir_under_a_file_fails_before_any_case_runs(usage_runs):
+    run = usage_runs["runs"]["not_a_dir"]
+    text = output(run)
+    assert run["code"] == pytest.ExitCode.USAGE_ERROR, text
+    assert f"results directory {usage_runs['tmp'] / 'a_file' / 'results'}" in text, text
+    assert "Not a directory" in text and "--results-dir" in text, text
+    assert " passed" not in text and " failed" not in text, "a case ran although results could not be written"
+
+
+def test_full_results_filesystem_fails_before_any_case_runs(usage_runs):
+    if usage_runs["full_reason"] is not None:
+        pytest.skip(usage_runs["full_reason"])
+    run = usage_runs["runs"]["disk_full"]
+    text = output(run)
+    assert run["code"] == pytest.ExitCode.USAGE_ERROR, text
+    assert "No space left on device" in text and "--results-dir" in text, text
+    assert " passed" not in text and " failed" not in text, "a case ran although results could not be written"
+
+
+# ---------------------------------------------------------------------------------------------- engine faults
+
+
+@pytest.fixture(scope="module")
+def fault_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("faults")
+    zoo = tmp / "bad_zoo.py"
+    zoo.write_text(BAD_ZOO)
+    results = tmp / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", SUITE, "-p", "no:cacheprovider", "-rA", "--zoo-file", str(zoo),
+         "--model", "badinput_*", "--model", "lstm_tiny", "--backend", "ort", "--precision", "fp32",
+         "--in-process", "--no-report", "--results-dir", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    runs = list(results.iterdir()) if results.exists() else []
+    assert len(runs) == 1, f"expected one run directory, got {runs}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    run_dir = runs[0]
+    return {"proc": proc, "records": {r.model: r for r in read_records(run_dir)}}
+
+
+@needs_ort
+def test_engine_rejecting_an_op_is_convert_failed_and_the_run_goes_on(fault_run):
+    proc, records = fault_run["proc"], fault_run["records"]
+    rec = records["badinput_custom_op"]
+    assert rec.status == "convert_failed", (rec.status, rec.reason)
+    assert "onnxruntime" in rec.reason and "custom_domain" in rec.reason and "MyOp" in rec.reason, rec.reason
+    # cases after the failing one still ran (models run in name order: badinput_* first)
+    assert records["lstm_tiny"].status == "pass", records["lstm_tiny"].reason
+    assert "PASSED suites/test_conformance.py::test_conformance[lstm_tiny-ort-fp32]" in proc.stdout
+    assert "FAILED suites/test_conformance.py::test_conformance[badinput_custom_op-ort-fp32]" in proc.stdout
+    assert proc.returncode == pytest.ExitCode.TESTS_FAILED
+
+
+@needs_ort
+def test_nan_outputs_are_nonfinite_never_a_pass(fault_run):
+    proc, records = fault_run["proc"], fault_run["records"]
+    rec = records["badinput_log_of_negative"]
+    assert rec.status == "nonfinite", (rec.status, rec.reason, rec.metrics)
+    assert rec.metrics["nonfinite"] > 0
+    assert "FAILED suites/test_conformance.py::test_conformance[badinput_log_of_negative-ort-fp32]" in proc.stdout
+
+
+@needs_ort
+def test_truncated_cached_onnx_is_detected_and_rebuilt(tmp_path, monkeypatch):
+    from harness.export import sha256_file
+    from harness.runner import CaseRequest, run_case
+    from harness.types import Precision
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    request = CaseRequest("lstm_tiny", "ort", Precision.FP32)
+    first = run_case(request)
+    assert first.status == "pass", first.reason
+    (onnx_file,) = tmp_path.glob("artifacts/lstm_tiny-*/model-*.onnx")
+    good = onnx_file.read_bytes()
+    onnx_file.write_bytes(good[: len(good) // 2])
+
+    with pytest.warns(RuntimeWarning, match="failed its hash check; rebuilding"):
+        second = run_case(request)
+    assert second.status == "pass", second.reason
+    assert second.export["cached"] is False, "the truncated file was used instead of rebuilt"
+    sidecar = onnx_file.with_name(onnx_file.name + ".sha256")
+    assert sha256_file(onnx_file) == sidecar.read_text().strip()
+    assert onnx_file.stat().st_size > len(good) // 2
+
+
+def test_cache_rejects_a_same_size_corruption(tmp_path):
+    """The check is a content hash, not a size check: one flipped byte is caught too."""
+    from harness.export import cached
+
+    builds = []
+
+    def build(path: Path) -> None:
+        builds.append(path)
+        path.write_bytes(b"weights" * 1000)
+
+    target = tmp_path / "artifact.bin"
+    cached(target, build)
+    data = bytearray(target.read_bytes())
+    data[100] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="failed its hash check"):
+        cached(target, build)
+    assert len(builds) == 2 and target.read_bytes() == b"weights" * 1000
+    cached(target, build)
+    assert len(builds) == 2, "a verified copy must be reused, not rebuilt"
+
+
+# ---------------------------------------------------------------------------------------------- pickles
+
+
+def unsafe_loads(source: str, filename: str = "<src>") -> list[str]:
+    """``torch.load`` calls without ``weights_only=True`` and ``np.load(allow_pickle=True)`` calls."""
+    problems = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+        kwargs = {k.arg: k.value for k in node.keywords}
+        if owner == "torch" and name == "load":
+            flag = kwargs.get("weights_only")
+            if not (isinstance(flag, ast.Constant) and flag.value is True):
+                problems.append(f"{filename}:{node.lineno}: torch.load without weights_only=True")
+        if owner in ("np", "numpy") and name == "load" and "allow_pickle" in kwargs:
+            flag = kwargs["allow_pickle"]
+            if not (isinstance(flag, ast.Constant) and flag.value is False):
+                problems.append(f"{filename}:{node.lineno}: np.load with allow_pickle")
+    return problems
+
+
+def test_the_pickle_check_catches_unsafe_loads():
+    bad = textwrap.dedent("""
+        import torch, numpy as np
+        torch.load("w.pt")
+        torch.load("w.pt", weights_only=False)
+        torch.load("w.pt", map_location="cpu", weights_only=flag)
+        np.load("a.npz", allow_pickle=True)
+    """)
+    good = 'import torch, numpy as np\ntorch.load("w.pt", map_location="cpu", weights_only=True)\nnp.load("a.npy")\n'
+    assert len(unsafe_loads(bad)) == 4
+    assert unsafe_loads(good) == []
+
+
+def test_weights_are_never_unpickled_unsafely():
+    files = sorted([*(ROOT / "harness").rglob("*.py"), *(ROOT / "model_zoo").rglob("*.py")])
+    assert len(files) > 10
+    problems = [p for f in files for p in unsafe_loads(f.read_text(), str(f.relative_to(ROOT)))]
+    assert problems == []
+
+
+def test_cache_sidecar_is_sha256_of_the_bytes(tmp_path):
+    from harness.export import cached
+
+    target = cached(tmp_path / "x.onnx", lambda p: p.write_bytes(b"abc"))
+    assert target.with_name("x.onnx.sha256").read_text().strip() == hashlib.sha256(b"abc").hexdigest()

@@ -1,0 +1,184 @@
+"""The case worker: crashes, hangs and NaN become statuses, the session goes on, records survive a kill -9.
+
+Fault injection uses the hidden test-only ``_fault_*`` backends (harness/backends/_fault.py) and
+``nan_model`` below, a real model whose own output is NaN on part of its input range. This file is
+also a zoo file: the worker's child loads it (``zoo_files``) to find ``nan_model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from harness.results import read_records
+from harness.runner import CaseRequest, run_case
+from harness.types import Precision, TensorSpec
+from harness.worker import request_from_json, request_to_json, run_in_subprocess, run_one_cli
+from model_zoo import register_model
+
+ROOT = Path(__file__).resolve().parent.parent
+THIS_FILE = str(Path(__file__).resolve())
+CASE_TIMEOUT_S = 10  # long enough for the good case on a loaded 2-core machine; the hang waits this long
+
+
+class SqrtHead(nn.Module):
+    """A conv whose output goes through sqrt: NaN wherever the conv is negative (as a real model bug would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(self.conv(x))
+
+
+@register_model(inputs=[TensorSpec("input", (1, 3, 8, 8))], tags={"fault"})
+def nan_model() -> nn.Module:
+    """Produces NaN for part of every normal input (test-only, tag 'fault')."""
+    return SqrtHead()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "worker-cache"))
+
+
+def test_request_round_trips_through_json():
+    req = CaseRequest("resnet_tiny", "ort", Precision.INT8, run_id="r1", suite="perf", threads=2,
+                      zoo_files=("/x/zoo.py",), measure={"min_time_s": 1.0, "batches": [1, 8]}, test_id="t",
+                      options={"export": {"opset": 18}})
+    back = request_from_json(request_to_json(req))
+    assert back == req
+    assert back.precision is Precision.INT8
+
+
+def test_crash_and_hang_are_recorded_and_the_session_goes_on(tmp_path):
+    """One real pytest session: a segfaulting engine, a hanging engine and a good one, in that order."""
+    assert run_case(CaseRequest("resnet_tiny", "ort", Precision.FP32)).status == "pass"  # warm the artifact cache
+    env = {**os.environ, "HARNESS_FAULT": "segv@run"}
+    cmd = [sys.executable, "-m", "pytest", "suites/test_conformance.py", "-p", "no:cacheprovider", "-q",
+           "--backend", "_fault_crash", "--backend", "_fault_hang", "--backend", "ort", "--model", "resnet_tiny",
+           "--precision", "fp32", "--case-timeout", str(CASE_TIMEOUT_S), "--results-dir", str(tmp_path),
+           "--run-id", "faults", "--no-report"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    records = {r.backend: r for r in read_records(tmp_path / "faults")}
+    assert set(records) == {"_fault_crash", "_fault_hang", "ort"}, proc.stdout[-3000:]
+    crash, hang, good = records["_fault_crash"], records["_fault_hang"], records["ort"]
+    assert crash.status == "crash"
+    assert "SIGSEGV" in crash.reason
+    assert crash.extra["signal"] == "SIGSEGV"
+    assert "crash_now" in crash.reason  # faulthandler's Python stack of the crashing thread is kept
+    assert hang.status == "timeout"
+    assert f"time limit of {CASE_TIMEOUT_S} s" in hang.reason
+    assert "most recent call first" in hang.reason
+    assert CASE_TIMEOUT_S <= hang.extra["worker"]["case_s"] < CASE_TIMEOUT_S + 5  # counted from "imports done"
+    assert good.status == "pass", good.reason
+    assert proc.returncode == 1  # the two faults fail their tests; the run itself completed
+    assert "2 failed, 1 passed" in proc.stdout
+
+
+def test_abort_at_load_is_a_crash_with_its_signal(monkeypatch):
+    monkeypatch.setenv("HARNESS_FAULT", "abort@load")
+    r = run_in_subprocess(CaseRequest("resnet_tiny", "_fault_crash", Precision.FP32), timeout_s=300)
+    assert r.status == "crash"
+    assert r.extra["signal"] == "SIGABRT"
+    assert "load" in r.reason  # the stack tail shows where
+
+
+def test_engine_returning_nan_is_nonfinite():
+    r = run_in_subprocess(CaseRequest("resnet_tiny", "_fault_nan", Precision.FP32), timeout_s=300)
+    assert r.status == "nonfinite", r.reason
+    assert r.metrics["nonfinite"] > 0
+
+
+@pytest.mark.xfail(strict=True, reason="harness.compare counts non-finite engine values only where the reference is "
+                   "finite, so NaN matching a NaN reference passes; fix proposed to the lead (compare_output)")
+@pytest.mark.parametrize("backend", ["torch", "ort"])
+def test_model_producing_nan_is_nonfinite_never_pass(backend):
+    """The reference itself is NaN here: matching NaN with NaN must not count as agreement."""
+    r = run_in_subprocess(CaseRequest("nan_model", backend, Precision.FP32, zoo_files=(THIS_FILE,)), timeout_s=300)
+    assert r.status == "nonfinite", f"{r.status}: {r.reason}"
+
+
+WRITER = """
+import sys
+from harness.results import Record, ResultStore
+store = ResultStore(sys.argv[1], "killed")
+for i in range(100000):
+    store.append(Record(run_id="killed", model=f"m{i}", backend="ort", precision="fp32", status="pass",
+                        reason="x" * 2000, metrics={"cosine": 1.0}))
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_mid_run_leaves_every_written_record_readable(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    acknowledged = -1
+    for line in proc.stdout:
+        acknowledged = int(line)
+        if acknowledged >= 50:
+            break
+    proc.send_signal(signal.SIGKILL)  # mid-stream: it is appending as fast as it can
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    records = read_records(tmp_path / "killed")
+    assert len(records) >= acknowledged + 1  # every acknowledged append is on disk
+    assert [r.model for r in records] == [f"m{i}" for i in range(len(records))]  # in order, none torn
+    assert all(r.reason == "x" * 2000 and r.metrics == {"cosine": 1.0} for r in records)
+
+
+def test_measured_case_in_a_child_carries_latency_memory_and_overhead():
+    measure = {"min_time_s": 0.2, "min_iterations": 10, "warmup": 2}
+    r = run_in_subprocess(CaseRequest("resnet_tiny", "ort", Precision.FP32, measure=measure), timeout_s=300)
+    assert r.status == "pass", r.reason
+    assert r.latency["n"] >= 10
+    assert r.latency["threads"] == r.settings["threads"]
+    assert r.latency["batch"] == 1
+    assert r.peak_rss_mb is not None
+    assert r.peak_rss_mb > 0
+    worker = r.extra["worker"]
+    assert worker["overhead_s"] > 0
+    assert worker["wall_s"] >= r.duration_s
+    assert worker["import_s"] > 0
+    assert r.extra["memory"]["case"]["peak_mb"] > r.extra["memory"]["case"]["baseline_mb"]
+
+
+def test_in_process_and_child_agree_on_the_verdict():
+    req = CaseRequest("resnet_tiny", "ort", Precision.FP32)
+    assert run_case(req).status == run_in_subprocess(req, timeout_s=300).status == "pass"
+
+
+def test_cli_json_output_and_exit_codes(capsys):
+    code = run_one_cli("resnet_tiny", "ort", "fp32", json_out=True, measure=True, timeout_s=300)
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["status"] == "pass"
+    assert {"p50_ms", "p90_ms", "p99_ms", "threads", "batch"} <= set(out["latency"])
+    assert out["peak_rss_mb"] > 0
+    assert out["artifact"].endswith(".onnx")
+    assert out["artifact_mb"] == pytest.approx(Path(out["artifact"]).stat().st_size / 1e6, abs=1e-3)
+    bad = run_one_cli("resnet_tiny", "_fault_nan", "fp32", json_out=False, measure=False, timeout_s=300)
+    text = capsys.readouterr().out
+    assert bad == 1
+    assert text.startswith("resnet_tiny-_fault_nan-fp32: nonfinite")
+
+
+def test_parent_never_imports_an_engine_sdk():
+    code = ("import sys; from harness.worker import run_in_subprocess; from harness.runner import CaseRequest;"
+            "from harness.types import Precision;"
+            "r = run_in_subprocess(CaseRequest('resnet_tiny', 'ort', Precision.FP32), timeout_s=300);"
+            "print(r.status, sorted(m for m in ('onnxruntime', 'openvino', 'ncnn', 'tensorrt') if m in sys.modules))")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["pass", "[]"], out.stderr[-2000:]
+    assert time.perf_counter() - start < 300

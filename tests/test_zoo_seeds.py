@@ -1,0 +1,132 @@
+"""Seed cases from deployment practice: each model's behaviour, on real exports and real engines."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from harness.errors import ExportError
+from harness.export import ExportedModel
+from harness.inputs import input_sets
+from harness.runner import CaseRequest, run_case
+from harness.types import Precision
+from model_zoo import get_model, list_models
+from model_zoo import seeds as seeds_module
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE", str(tmp_path_factory.mktemp("hc-seeds")))
+        yield
+
+
+def _graph(model: ExportedModel):
+    import onnx
+
+    return onnx.load(str(model.onnx_path)).graph
+
+
+def _ops(graph) -> Counter:
+    return Counter(n.op_type for n in graph.node)
+
+
+# -- srcnn_dynamic / srcnn_item -----------------------------------------------------------------------------------
+
+
+def test_srcnn_dynamic_resize_takes_its_scales_from_the_factor_input():
+    graph = _graph(ExportedModel(get_model("srcnn_dynamic")))
+    resize = next(n for n in graph.node if n.op_type == "Resize")
+    constants = {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constants |= {i.name for i in graph.initializer}
+    assert resize.input[2] not in constants, "scales must be computed at run time, not a constant"
+    assert [i.name for i in graph.input] == ["input", "factor"]
+
+
+def test_srcnn_dynamic_matches_torch_at_factors_other_than_the_export_one():
+    record = run_case(CaseRequest("srcnn_dynamic", "ort", Precision.FP32))
+    assert record.status == "pass", record.reason
+    assert {f"factor-{f}-16x16" for f in seeds_module.OTHER_FACTORS} <= set(record.input_sets)
+
+
+def test_srcnn_item_freezes_the_factor_and_is_reported_as_known_failure():
+    spec = get_model("srcnn_item")
+    model = ExportedModel(spec)
+    assert any("TracerWarning" in w for w in model.onnx.warnings)
+    resize = next(n for n in _graph(model).node if n.op_type == "Resize")
+    assert resize.input[-1] not in {i.name for i in _graph(model).input}
+    record = run_case(CaseRequest("srcnn_item", "ort", Precision.FP32))
+    assert record.status == "xfail"
+    assert "frozen by tracing" in record.reason
+    assert "shape (1, 3, 48, 48) != reference (1, 3, 32, 32)" in record.reason
+    assert spec.known_failure("torch", Precision.FP32) is None  # eager follows the factor
+
+
+def test_srcnn_item_is_correct_in_torch_eager():
+    record = run_case(CaseRequest("srcnn_item", "torch", Precision.FP32))
+    assert record.status == "pass", record.reason
+
+
+# -- loops -------------------------------------------------------------------------------------------------------
+
+
+def test_traced_loop_is_unrolled_and_scripted_loop_keeps_a_loop_node():
+    traced = _ops(_graph(ExportedModel(get_model("loop_traced"))))
+    scripted_graph = _graph(ExportedModel(get_model("loop_scripted")))
+    scripted = _ops(scripted_graph)
+    assert traced["Gemm"] == seeds_module.LOOP_STEPS
+    assert "Loop" not in traced
+    assert scripted["Loop"] == 1
+    assert "Gemm" not in scripted
+    body = next(n for n in scripted_graph.node if n.op_type == "Loop").attribute[0].g
+    assert _ops(body)["Gemm"] == 1
+
+
+@pytest.mark.parametrize("model", ["loop_traced", "loop_scripted"])
+def test_both_loop_exports_verify_on_onnxruntime(model):
+    record = run_case(CaseRequest(model, "ort", Precision.FP32))
+    assert record.status == "pass", record.reason
+
+
+def test_scripting_a_plain_int_loop_count_is_unrolled_too(tmp_path):
+    """The TorchScript exporter folds a constant trip count: only a tensor count keeps the Loop."""
+    import onnx
+    import torch
+
+    module = torch.jit.script(seeds_module.RefineLoopConst().eval())
+    path = tmp_path / "const.onnx"
+    torch.onnx.export(module, (torch.zeros(2, 16),), str(path), dynamo=False, opset_version=17)
+    ops = _ops(onnx.load(str(path)).graph)
+    assert "Loop" not in ops
+    assert ops["Gemm"] == seeds_module.LOOP_STEPS
+
+
+# -- opset --------------------------------------------------------------------------------------------------------
+
+
+def test_warp_needs_opset_16_for_grid_sample():
+    spec = get_model("warp_tiny")
+    with pytest.raises(ExportError, match="grid_sampler"):
+        _ = ExportedModel(spec, opset=15).onnx
+    export = ExportedModel(spec, opset=16).onnx
+    assert export.opset == 16
+    assert "GridSample" in _ops(_graph(ExportedModel(spec, opset=16)))
+    record = run_case(CaseRequest("warp_tiny", "ort", Precision.FP32, options={"export": {"opset": 16}}))
+    assert record.status == "pass", record.reason
+
+
+# -- dynamic axes -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if get_model(n).dynamic_sizes])
+def test_input_sets_cover_every_declared_dynamic_size(name):
+    spec = get_model(name)
+    seen: dict[str, set[int]] = {axis: set() for axis in spec.dynamic_sizes}
+    for s in input_sets(spec):
+        for t in spec.inputs:
+            for index, axis in t.dynamic_axes.items():
+                seen[axis].add(np.asarray(s.feeds[t.name]).shape[index])
+    for axis, sizes in spec.dynamic_sizes.items():
+        assert set(sizes) <= seen[axis], f"{name}: axis {axis!r} declares {sizes}, input sets have {sorted(seen[axis])}"
