@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -258,7 +259,9 @@ def _export(model: ExportedModel, path: Path, exporter: str, opset: int) -> list
     except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export ({exporter}, opset {opset}) failed: {type(exc).__name__}: {exc}") from exc
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the dynamo exporter colours its report for terminals
+        raise ExportError(f"torch.onnx.export ({exporter}, opset {opset}) failed: {type(exc).__name__}: {message}") \
+            from exc
     return caught
 
 

@@ -47,13 +47,18 @@ SUITE = "onnx_conformance"
 CASE_SETS = ("node", "pytorch-converted", "pytorch-operator", "simple", "light")
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-7
 TOLERANCE_OVERRIDES: dict[str, tuple[float, float]] = {
-    # case id -> (rtol, atol); ONNX's own per-test overrides (onnx/backend/test/case/model) come from data.json.
+    # case-id pattern -> (rtol, atol). ONNX's own per-model values (light models) come from data/real/*/data.json.
+    # DFT/STFT: elements whose exact value is 0 come out of cancelling sums of terms up to |540|..|1900|; float32
+    # leaves ~1e-6 of the largest magnitude there (measured with ORT: 3.4e-4 at max |ref| 540), atol 1e-7 cannot hold.
+    "node-test_dft*": (1e-3, 1e-3),
+    "node-test_stft*": (1e-3, 1e-3),
 }
 NO_TORCH_REASON = "ONNX-native model: no torch module"
 NOT_IMPLEMENTED = re.compile(
     r"Unsupported model IR version|is under development|NOT_IMPLEMENTED|Could not find an implementation for"
-    r"|is not a registered function/op|No conversion rule found|OpSet \d+ .*not supported|not supported by|"
-    r"Unsupported (?:operator|opset|op)\b", re.IGNORECASE)
+    r"|No Op registered for"
+    r"|is not a registered function/op|No conversion rule found|\bnot (?:yet )?supported\b|doesn't support"
+    r"|Unsupported (?:operator|opset|op)\b", re.IGNORECASE)
 """Engine messages that mean "this op/opset/IR version is not implemented": status ``unsupported``, not a failure."""
 _RANDOM_MASK = ("training-mode Dropout with ratio > 0: the expected values come from numpy's random mask; an engine "
                 "draws its own, so the comparison can neither pass nor fail meaningfully")
@@ -106,7 +111,8 @@ class OnnxCase:
     @property
     def tolerance(self) -> Tolerance:
         """The case's element-wise tolerance; cosine disabled and no element may be out."""
-        rtol, atol = TOLERANCE_OVERRIDES.get(self.id, (self.rtol, self.atol))
+        rtol, atol = next((v for p, v in TOLERANCE_OVERRIDES.items() if fnmatch.fnmatchcase(self.id, p)),
+                          (self.rtol, self.atol))
         return Tolerance(atol=atol, rtol=rtol, min_cosine=-1.0, max_mismatch_fraction=0.0)
 
     def data_sets(self) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
@@ -168,7 +174,7 @@ def _scan(case_set: str, root: Path | None) -> list[OnnxCase]:
     if case_set == "light":
         return _scan_light()
     base = node_cases_dir(root) if case_set == "node" else onnx_data_dir() / case_set
-    return [_describe(case_set, d.name, d / "model.onnx", d) for d in sorted(base.iterdir())
+    return [describe(case_set, d.name, d / "model.onnx", d) for d in sorted(base.iterdir())
             if (d / "model.onnx").is_file()]
 
 
@@ -229,11 +235,12 @@ def _scan_light() -> list[OnnxCase]:
     for f in sorted((data / "light").glob("light_*.onnx")):
         model_name = f.stem.removeprefix("light_")
         rtol, atol = tolerances.get(model_name, (DEFAULT_RTOL, DEFAULT_ATOL))
-        cases.append(replace(_describe("light", f"test_{model_name}", f, f.parent), rtol=rtol, atol=atol))
+        cases.append(replace(describe("light", f"test_{model_name}", f, f.parent), rtol=rtol, atol=atol))
     return cases
 
 
-def _describe(case_set: str, name: str, model_file: Path, data_dir: Path) -> OnnxCase:
+def describe(case_set: str, name: str, model_file: Path, data_dir: Path) -> OnnxCase:
+    """An OnnxCase for ``model_file`` whose ``test_data_set_*`` folders are in ``data_dir``."""
     import onnx
 
     model = onnx.load(str(model_file), load_external_data=False)

@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from harness.results import Record, machine_id
 from harness.types import Precision, Status
 
 
-def _serve(conn: Any) -> None:
+def _serve(conn: Any, runner: Callable[..., Record]) -> None:
     """Child loop: receive ``(case dict, backend, options)``, send back the record's JSON; stop on ``None``."""
     while True:
         try:
@@ -37,32 +38,36 @@ def _serve(conn: Any) -> None:
         if msg is None:
             return
         case, backend, options = msg
-        conn.send(run_onnx_case(OnnxCase.from_dict(case), backend, **options).to_json())
+        conn.send(runner(OnnxCase.from_dict(case), backend, **options).to_json())
 
 
 class CaseWorker:
-    """One spawned child running cases sequentially; a crash or hang costs one case and a restart."""
+    """One spawned child running cases sequentially; a crash or hang costs one case and a restart.
 
-    def __init__(self, timeout_s: float = 600.0) -> None:
+    ``runner`` is what the child calls per case (a module-level function: it is pickled by name);
+    ``run_onnx_case`` except in the fault-handling tests.
+    """
+
+    def __init__(self, timeout_s: float = 600.0, runner: Callable[..., Record] = run_onnx_case) -> None:
         self.timeout_s = timeout_s
+        self.runner = runner
         self.restarts = 0
+        """Children lost to a crash or a timeout so far."""
         self._proc: Any = None
         self._conn: Any = None
 
     def _start(self) -> None:
         ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold engine threads
         parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="onnx-case-worker")
-        self._proc.start()
+        proc = ctx.Process(target=_serve, args=(child, self.runner), daemon=True, name="onnx-case-worker")
+        proc.start()  # a script calling this needs the ``if __name__ == "__main__":`` guard (spawn re-imports it)
         child.close()
-        self._conn = parent
+        self._proc, self._conn = proc, parent
 
     def run(self, case: OnnxCase, backend: str, *, run_id: str = "adhoc", threads: int | None = None,
             root: Path | None = None, test_id: str = "") -> Record:
         """Run one case in the child; its death or a timeout becomes the case's status."""
         if self._proc is None or not self._proc.is_alive():
-            if self._proc is not None:
-                self.restarts += 1
             self._start()
         options = {"run_id": run_id, "threads": threads, "root": root, "test_id": test_id}
         started = time.time()
@@ -79,11 +84,12 @@ class CaseWorker:
         if status is Status.CRASH and code is not None:
             reason += f" ({signal.Signals(-code).name})" if code < 0 else f" (exit code {code})"
         self._proc = None
+        self.restarts += 1  # the next case starts a fresh child
         return _failure(case, backend, run_id, test_id, started, status, f"{backend} on {case.id}: {reason}")
 
     def close(self) -> None:
         """Stop the child (it exits when told; killed if it does not within 5 s)."""
-        if self._proc is None:
+        if self._proc is None or self._conn is None:
             return
         try:
             self._conn.send(None)

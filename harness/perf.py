@@ -46,7 +46,7 @@ def measure_case(req: CaseRequest, spec: ModelSpec, session: Session, record: Re
     batch = batch_size(spec, feeds)
     latency = timing.measure(lambda: session.run(feeds), sync=sync, **opts)
     threads = session.settings.get("threads", req.threads)
-    lat = {**latency.as_dict(), "threads": threads, "batch": batch}
+    lat = {**latency.as_dict(), "threads": threads, "batch": batch, "load_1m": _load_1m()}
     wanted = batches_to_sweep(spec, (req.measure or {}).get("batches"))
     throughput, skipped = sweep(spec, session, wanted, opts, (batch, latency))
     extra = dict(record.extra)
@@ -59,6 +59,14 @@ def measure_case(req: CaseRequest, spec: ModelSpec, session: Session, record: Re
             if entry.get("p50_ms") and roof.get("gflops"):
                 entry["gflop_s"] = round(roof["gflops"] * entry["batch"] / batch / (entry["p50_ms"] / 1e3), 3)
     return dataclasses.replace(record, latency=lat, throughput=throughput, extra=extra)
+
+
+def _load_1m() -> float | None:
+    """The system's 1-minute load average: other work on the machine, recorded beside every latency."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def batch_size(spec: ModelSpec, feeds: Mapping[str, np.ndarray]) -> int:
@@ -150,6 +158,7 @@ def onnx_flops(path: str | Path, input_shapes: Mapping[str, Sequence[int]]) -> d
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = tuple(d.dim_value for d in dims) if all(d.HasField("dim_value") for d in dims) else None
     total, by_op, unknown = 0, {}, []
+    control_flow = sorted({n.op_type for n in g.node if n.op_type in ("Loop", "If", "Scan")})
     for node in g.node:
         if node.op_type not in _FLOP_OPS:
             continue
@@ -162,7 +171,7 @@ def onnx_flops(path: str | Path, input_shapes: Mapping[str, Sequence[int]]) -> d
             continue
         total += flops
         by_op[node.op_type] = by_op.get(node.op_type, 0) + flops
-    return {"flops": int(total), "by_op": by_op, "uncounted_nodes": unknown}
+    return {"flops": int(total), "by_op": by_op, "uncounted_nodes": unknown, "control_flow": control_flow}
 
 
 def _shape(shapes: Mapping[str, tuple[int, ...] | None], name: str) -> tuple[int, ...]:
@@ -216,7 +225,7 @@ def model_flops(req: CaseRequest, spec: ModelSpec) -> dict[str, Any]:
     model = ExportedModel(spec, **(req.options or {}).get("export", {}))
     shapes = {k: list(v.shape) for k, v in make_feeds(spec, np.random.default_rng(0)).items()}
     tag = "_".join("x".join(map(str, s)) for s in shapes.values())
-    path = model.artifact(f"flops-{tag}.json")
+    path = model.artifact(f"flops-v1-{tag}.json")  # v1: bump when the counting changes
 
     def build(tmp: Path) -> None:
         tmp.write_text(json.dumps(onnx_flops(model.onnx_path, shapes)))
@@ -269,9 +278,20 @@ def roofline(req: CaseRequest, spec: ModelSpec, p50_ms: float, threads: int | No
     except Exception as exc:  # no ONNX export, no FLOPs: the rest of the record stands
         return {"error": f"FLOPs not counted: {type(exc).__name__}: {str(exc)[:200]}"}
     gflops = counted["flops"] / 1e9
-    out: dict[str, Any] = {"gflops": round(gflops, 6), "achieved_gflop_s": round(gflops / (p50_ms / 1e3), 3),
-                           "flops_by_op": counted["by_op"], "uncounted_nodes": len(counted["uncounted_nodes"]),
+    out: dict[str, Any] = {"flops": counted["flops"], "gflops": round(gflops, 9), "flops_by_op": counted["by_op"],
+                           "uncounted_nodes": len(counted["uncounted_nodes"]),
                            "flops_source": "ONNX graph: 2 x MACs of Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN"}
+    incomplete = []
+    if counted["uncounted_nodes"]:
+        incomplete.append(f"{len(counted['uncounted_nodes'])} compute nodes without static shapes")
+    if counted.get("control_flow"):
+        incomplete.append(f"{', '.join(counted['control_flow'])} subgraphs not counted")
+    if incomplete:
+        out["incomplete"] = "; ".join(incomplete)
+    if counted["flops"] == 0:
+        out["error"] = "no FLOPs counted: " + (out.get("incomplete") or "the graph has no Conv/Gemm/MatMul/RNN op")
+        return out
+    out["achieved_gflop_s"] = round(gflops / (p50_ms / 1e3), 3)
     peak = cpu_peak_gflops(threads) if req.device == "cpu" else None
     if peak:
         out.update(peak)

@@ -11,7 +11,9 @@ asking for a catalog model without the package raises ``ModelUnavailable``
 
 ``describe(names)`` and ``format_table(rows)`` list models with tags, inputs,
 parameter counts and FLOPs (``torch.utils.flop_counter.FlopCounterMode`` on the
-export example: a multiply-add counts as 2 FLOPs).
+export example: a multiply-add counts as 2 FLOPs; it counts matmul, convolution and
+attention ops only, so recurrent layers such as ``nn.LSTM`` are not included).
+ONNX-native models have no torch module: no counts.
 """
 
 from __future__ import annotations
@@ -44,15 +46,14 @@ def parse(name: str) -> tuple[str, str]:
 
 def unavailable_reason(provider: str) -> str | None:
     """None when ``provider`` imports here; else why not and what to do."""
-    why = (f"{provider}: package not importable beside this torch ({{error}}); catalog models are optional: "
-           f"install {provider} where it matches the installed torch (on this CPU-only setup it would replace "
-           "torch with a CUDA build), or use the built-in zoo")
+    advice = (f"catalog models are optional: install {provider} where it matches the installed torch (on this "
+              "CPU-only setup pip would replace torch with a CUDA build), or use the built-in zoo")
     if importlib.util.find_spec(provider) is None:
-        return why.format(error="not installed")
+        return f"{provider} is not installed; {advice}"
     try:
         importlib.import_module(provider)
     except Exception as exc:  # e.g. torchvision built for another torch: its C ops fail to load
-        return why.format(error=f"import failed: {type(exc).__name__}: {exc}")
+        return f"{provider} is installed but does not import beside torch here ({type(exc).__name__}: {exc}); {advice}"
     return None
 
 
@@ -192,10 +193,11 @@ def describe(names: Iterable[str]) -> list[dict[str, Any]]:
             rows.append({"name": name, "tags": [], "inputs": "", "params": None, "flops": None, "exporter": "",
                          "opset": None, "description": "", "source": "", "unavailable": str(exc)})
             continue
-        module = spec.build()
+        module = spec.build() if spec.onnx_file is None else None  # ONNX-native models have no torch module
         rows.append({
             "name": name, "tags": sorted(spec.tags), "inputs": _inputs_text(spec),
-            "params": sum(p.numel() for p in module.parameters()), "flops": count_flops(spec, module),
+            "params": None if module is None else sum(p.numel() for p in module.parameters()),
+            "flops": None if module is None else count_flops(spec, module),
             "exporter": spec.exporter, "opset": spec.opset, "description": spec.description, "source": spec.source,
             "unavailable": None,
         })
@@ -216,8 +218,8 @@ def format_table(rows: Iterable[dict[str, Any]]) -> str:
     header = ("model", "params", "FLOPs", "inputs", "tags")
     lines = []
     for r in rows:
-        if r.get("unavailable"):
-            lines.append((r["name"], "-", "-", f"unavailable: {r['unavailable']}", ""))
+        if r.get("unavailable"):  # the reason goes last, so it does not widen the other columns
+            lines.append((r["name"], "-", "-", "-", f"unavailable: {r['unavailable']}"))
         else:
             lines.append((r["name"], _human(r["params"]), _human(r["flops"]), r["inputs"], ",".join(r["tags"])))
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]

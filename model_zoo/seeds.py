@@ -97,8 +97,21 @@ def sr_input_sets(rng: np.random.Generator) -> dict[str, Feeds]:
 SR_SIZES = {"height": (16, 12), "width": (16, 20)}
 
 
+# Verified on this machine (onnxruntime 1.31, OpenVINO 2026.4 + NNCF 3.4, pnnx 20261020):
+DYNAMIC_FAILURES = {
+    "ncnn:*": KnownFailure("pnnx converts a saved TorchScript trace, and torch.jit.save cannot serialize the "
+                           "Python autograd.Function (prim::PythonOp 'DynamicResize') that carries the ONNX symbolic"),
+    "ort:int8": KnownFailure("the static quantizer puts QDQ (scale 1/63.75) on the Concat that builds Resize's "
+                             "scales [1, 1, f, f]: 1 dequantizes to 1.0039 and ORT's cubic Resize rejects outer "
+                             "scales != 1"),
+    "ov:int8": KnownFailure("NNCF inserts a FakeQuantize on the factor (/Cast), which also builds Interpolate's "
+                            "scales: the quantized factor changes the output size (x4 on 16x16 gives 54x54)"),
+}
+
+
 @register_model(inputs=SR_INPUTS, tags={"vision", "super-resolution", "seed", "dynamic-shape", "ci"},
-                dynamic_sizes=SR_SIZES, example=_sr_example, input_sets=sr_input_sets)
+                dynamic_sizes=SR_SIZES, example=_sr_example, input_sets=sr_input_sets,
+                known_failures=DYNAMIC_FAILURES)
 def srcnn_dynamic() -> nn.Module:
     """Scale-conditioned SRCNN, factor as input; Resize with a dynamic scales input via autograd.Function.symbolic."""
     return ScaleSRCNN("dynamic")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import importlib.util
 import json
+import os
 import re
 import shlex
 import shutil
@@ -31,6 +32,11 @@ TOX = ROOT / "tox.ini"
 
 ENGINE_ENVS = {"ort": "ort", "ov": "openvino", "ncnn": "ncnn", "trt": "trt"}  # tox env -> pyproject extra
 EXPR = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment minus PYTEST_* (an outer xdist worker's PYTEST_XDIST_WORKER must not leak into the child)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}, **extra}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -133,9 +139,7 @@ def commands(text: str) -> list[list[str]]:
 def pytest_args_of(tokens: list[str]) -> list[str] | None:
     """The arguments pytest receives from one command: pytest/python -m pytest, or tox's posargs after --."""
     for i, tok in enumerate(tokens):
-        if Path(tok).name in ("pytest", "py.test"):
-            return tokens[i + 1:]
-        if tok == "pytest" and i > 0 and tokens[i - 1] == "-m":
+        if Path(tok).name in ("pytest", "py.test"):  # also `python -m pytest`
             return tokens[i + 1:]
     if any(Path(t).name == "tox" for t in tokens) and "--" in tokens:
         return tokens[tokens.index("--") + 1:]
@@ -153,9 +157,11 @@ def ci_command_sources() -> list[tuple[str, str]]:
                 sources += [(label, expand(r, entry)) for r in run_lines(job)]
     cp = tox_config()
     for section in cp.sections():
-        if section.startswith("testenv"):
-            sources += [(f"tox.ini:{section}", c) for c in tox_list(cp, section.partition(":")[2] or "", "commands")
-                        if cp.has_option(section, "commands")]
+        if section.startswith("testenv:") and cp.has_option(section, "commands"):
+            sources += [(f"tox.ini:{section}", c) for c in tox_list(cp, section.partition(":")[2], "commands")]
+    ci_script = ROOT / ".ci" / "run"
+    if ci_script.exists():
+        sources.append((".ci/run", ci_script.read_text()))
     return sources
 
 
@@ -232,22 +238,26 @@ def test_tox_commands_run_the_matching_backend():
     for env, want in expected.items():
         (cmd,) = [commands(c)[0] for c in tox_list(cp, env, "commands")]
         args = pytest_args_of(cmd)
-        assert args is not None and args[0].rstrip("/") == "suites", f"tox env {env} runs {cmd}"
+        assert args, f"tox env {env} runs {cmd}"
+        assert args[0].rstrip("/") == "suites", f"tox env {env} runs {cmd}"
         named = {args[i + 1] for i, a in enumerate(args) if a == "--backend"}
         assert named == want, f"tox env {env} runs backends {named}, expected {want}"
         assert named <= known
     (unit,) = [commands(c)[0] for c in tox_list(cp, "unit", "commands")]
     args = pytest_args_of(unit)
-    assert args is not None and "{posargs:tests}" in args and "-m" in args
+    assert args is not None
+    assert "{posargs:tests}" in args
+    assert "-m" in args
     (report,) = [commands(c)[0] for c in tox_list(cp, "report", "commands")]
-    assert report[:2] == ["harness", "report"] and "-o" in report
+    assert report[:2] == ["harness", "report"]
+    assert "-o" in report
 
 
 @pytest.mark.skipif(shutil.which("tox") is None, reason="tox is not installed here (pip install 'tox>=4.11'); "
                                                          "tox.ini is still checked above with configparser")
-def test_tox_resolves_the_config():
-    proc = subprocess.run(["tox", "config", "-e", "unit,ort,ov,ncnn,trt,cpu,report", "-k", "deps", "extras",
-                           "commands"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_tox_resolves_the_config(tmp_path):
+    proc = subprocess.run(["tox", "--workdir", str(tmp_path), "config", "-e", "unit,ort,ov,ncnn,trt,cpu,report",
+                           "-k", "deps", "extras", "commands"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "pytest suites/ --backend trt" in proc.stdout
     assert "harness report results -o site/index.html" in proc.stdout
@@ -260,8 +270,9 @@ def test_nightly_runs_on_a_schedule_and_by_hand():
     on = triggers(load_workflow(NIGHTLY))
     assert "workflow_dispatch" in on
     crons = [entry["cron"] for entry in on["schedule"]]
-    assert crons and all(valid_cron(c) for c in crons), crons
-    minute, hour, dom, month, dow = crons[0].split()
+    assert crons
+    assert all(valid_cron(c) for c in crons), crons
+    _minute, _hour, dom, month, dow = crons[0].split()
     assert (dom, month, dow) == ("*", "*", "*"), f"nightly means every day, got {crons[0]!r}"
 
 
@@ -277,7 +288,8 @@ def test_nightly_matrix_has_hosted_cpu_engines_and_trt_on_the_self_hosted_gpu_ru
     for env in ("ort", "ov", "ncnn"):
         assert all(str(e["runner"]).startswith("ubuntu-") for e in by_env[env]), by_env[env]
     for entry in by_env["trt"]:
-        assert isinstance(entry["runner"], list) and {"self-hosted", "linux", "gpu"} <= set(entry["runner"]), entry
+        assert isinstance(entry["runner"], list), entry
+        assert {"self-hosted", "linux", "gpu"} <= set(entry["runner"]), entry
     cp = tox_config()
     for env in by_env:
         assert cp.has_section(f"testenv:{env}"), f"matrix tox_env {env} is not a tox env"
@@ -295,7 +307,8 @@ def test_nightly_splits_one_backend_with_complete_shards():
     assert shards, "no matrix entry uses --shard"
     for env, parts in shards.items():
         (n,) = {n for _, n in parts}
-        assert n >= 2 and sorted(i for i, _ in parts) == list(range(1, n + 1)), f"{env}: shards {parts} of {n}"
+        assert n >= 2
+        assert sorted(i for i, _ in parts) == list(range(1, n + 1)), f"{env}: shards {parts} of {n}"
 
 
 def test_nightly_suite_jobs_write_unique_runs_and_upload_them():
@@ -321,11 +334,13 @@ def test_nightly_report_job_reports_compares_and_publishes():
     assert suites_name in ([needs] if isinstance(needs, str) else needs)
     (download,) = uses(job, "actions/download-artifact")
     current = download["with"]["path"]
-    assert download["with"].get("merge-multiple") is True and download["with"]["pattern"] == "results-*"
+    assert download["with"].get("merge-multiple") is True
+    assert download["with"]["pattern"] == "results-*"
 
     text = "\n".join(run_lines(job))
     (report,) = harness_invocations(text, "report")
-    assert current in report and report[report.index("-o") + 1] == "site/index.html"
+    assert current in report
+    assert report[report.index("-o") + 1] == "site/index.html"
     (compare,) = harness_invocations(text, "compare")
     positional = [t for t in compare[2:] if not t.startswith("-")]
     fail_on = compare[compare.index("--fail-on") + 1]
@@ -338,7 +353,8 @@ def test_nightly_report_job_reports_compares_and_publishes():
     (save,) = uses(job, "actions/cache/save")
     assert restore["with"]["path"] == save["with"]["path"] == baseline_dir
     prefix = restore["with"]["restore-keys"].strip()
-    assert save["with"]["key"].startswith(prefix) and restore["with"]["key"] == save["with"]["key"]
+    assert save["with"]["key"].startswith(prefix)
+    assert restore["with"]["key"] == save["with"]["key"]
     order = [s.get("id") or s.get("uses") or s.get("name") for s in steps_of(job)]
     assert order.index(restore.get("id") or restore["uses"]) < order.index(save.get("id") or save["uses"]), \
         "the baseline must be restored before tonight's results replace it"
@@ -410,11 +426,12 @@ print("PROBE=" + json.dumps(out))
 def probe(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     results = tmp_path_factory.mktemp("collect-results")
     proc = subprocess.run([sys.executable, "-c", PROBE, str(results)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=child_env())
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PROBE=")), None)
     assert line is not None, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = json.loads(line.removeprefix("PROBE="))
-    assert got["--help"]["code"] == 0 and got["--markers"]["code"] == 0, got["--help"]["text"][-2000:]
+    assert got["--help"]["code"] == 0, got["--help"]["text"][-2000:]
+    assert got["--markers"]["code"] == 0, got["--markers"]["text"][-2000:]
     return {**got, "results": results}
 
 
@@ -443,6 +460,15 @@ def test_tox_unit_deselects_registered_markers(probe):
     for name in set(re.findall(r"[a-z_]+", expression)) - {"not", "and", "or"}:
         assert f"@pytest.mark.{name}:" in probe["--markers"]["text"], \
             f"tox env unit deselects marker {name!r}, which is not registered in pyproject.toml"
+
+
+def test_every_tox_env_ci_runs_exists():
+    envs = {s.partition(":")[2] for s in tox_config().sections() if s.startswith("testenv:")}
+    called = [(where, toks[toks.index("-e") + 1]) for where, text in ci_command_sources() for toks in commands(text)
+              if any(Path(t).name == "tox" for t in toks) and "-e" in toks]
+    assert called, "no CI command runs tox"
+    for where, env in called:
+        assert env in envs, f"{where}: tox -e {env} is not defined in tox.ini"
 
 
 def test_every_harness_subcommand_ci_runs_exists():
@@ -478,7 +504,8 @@ def test_shard_assignment_is_a_stable_hash_of_the_test_id(probe):
     """crc32 of the node id, not hash(): the same split in every process, job and night."""
     for i in (1, 2, 3):
         ids = probe[f"{i}/3"]["ids"]
-        assert ids and all(zlib.crc32(nodeid.encode()) % 3 == i - 1 for nodeid in ids), f"shard {i}/3"
+        assert ids
+        assert all(zlib.crc32(nodeid.encode()) % 3 == i - 1 for nodeid in ids), f"shard {i}/3"
 
 
 def test_collect_only_writes_no_run_directory(probe):

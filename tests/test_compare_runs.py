@@ -80,7 +80,7 @@ def test_planted_50_percent_slowdown_is_a_regression(tmp_path):
     out = tmp_path / "cmp.html"
     outcome = compare_runs(RUN_A, slow, ["p50:10%"], out=out)
     assert outcome.exit_code == 1
-    assert [(r.case, r.metric) for r in outcome.regressions] == [("resnet_tiny ort fp32 [performance]", "p50")]
+    assert [(r.case, r.metric) for r in outcome.regressions] == [("resnet_tiny ort fp32 [perf]", "p50")]
     reg = outcome.regressions[0]
     assert reg.change == "+50.0%"
     assert "Mann-Whitney" in reg.detail
@@ -117,7 +117,7 @@ def test_verdict_change_pass_to_mismatch_is_always_a_regression(tmp_path):
     outcome = compare_runs(RUN_A, derive(tmp_path, "broken", broken), ["p50:1000%"])
     assert outcome.exit_code == 1
     assert [(r.case, r.metric, r.baseline, r.current) for r in outcome.regressions] == [
-        ("srcnn_tiny ort fp32 [performance]", "verdict", "pass", "mismatch")]
+        ("srcnn_tiny ort fp32 [perf]", "verdict", "pass", "mismatch")]
     acknowledged = next(d for d in outcome.diffs if d.label.startswith("srcnn_tiny ov fp32"))
     assert acknowledged.outcome == "changed"
     assert "verdict pass -> xfail" in acknowledged.notes

@@ -79,6 +79,7 @@ def test_a_200mb_engine_allocation_shows_in_the_case_record(monkeypatch):
     """``_fault_alloc`` holds 200 MB from load on: the child's peak above its idle baseline must show it,
     and the parent's ru_maxrss cross-check must agree with the child's own high-water mark."""
     req = CaseRequest("resnet_tiny", "_fault_alloc", Precision.FP32)
+    monkeypatch.setenv("HARNESS_WORKER_CASES", "1")  # a child per case: ru_maxrss comes when it exits
     memory.reset_peak()  # the children's ru_maxrss starts at this process's high-water mark
     monkeypatch.setenv("HARNESS_FAULT_ALLOC_MB", "0")
     control = run_in_subprocess(req, timeout_s=300)
@@ -88,6 +89,6 @@ def test_a_200mb_engine_allocation_shows_in_the_case_record(monkeypatch):
     assert heavy.peak_rss_mb >= 0.9 * ALLOC_MB
     assert control.peak_rss_mb < 0.9 * ALLOC_MB  # the case without the allocation stays below: the test can fail
     assert heavy.peak_rss_mb - control.peak_rss_mb == pytest.approx(ALLOC_MB, abs=25)
-    child = heavy.extra["memory"]["case"]
+    child = heavy.extra["memory"]["child"]
     assert child["method"] == "VmHWM after clear_refs"
     assert heavy.extra["worker"]["ru_maxrss_mb"] == pytest.approx(child["peak_mb"], abs=2.0)

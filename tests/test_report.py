@@ -112,6 +112,14 @@ def test_nonfinite_metrics_and_missing_fields_render(tmp_path):
     assert 'id="latency-m0"' in html
 
 
+def test_run_without_records_renders_a_note(tmp_path):
+    store = ResultStore(tmp_path, "empty").prepare()
+    store.write_run_info(machine={"machine_id": "box"})  # a session that stopped before any case finished
+    html = build_report([store.dir], tmp_path / "r.html").read_text()
+    assert "these runs hold no records yet" in html
+    assert _figures(html) == 0
+
+
 def test_missing_results_dir_error_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="no runs under"):
         build_report([tmp_path], tmp_path / "r.html")

@@ -13,6 +13,9 @@ from harness.report import build_report, compare_runs, trend_report
 CHROMIUM = Path("/usr/bin/chromium")
 RUNS = Path(__file__).parent / "data" / "runs"
 PROBE = "harness-console-probe"
+ALERT = "harness-alert-called"
+# alert() from injected markup would block a headless page until the timeout; log it instead
+ALERT_HOOK = f'<script>window.alert = function(m){{ console.error("{ALERT} " + m); }};</script>'
 
 pytestmark = [
     pytest.mark.browser,
@@ -22,22 +25,24 @@ pytestmark = [
 
 
 def render(page: Path, tmp: Path, query: str = "") -> tuple[str, str]:
-    """Load ``page`` (with a console probe added) and return (serialized DOM after scripts ran, browser log)."""
+    """Load ``page`` (with a console probe and an alert() hook added) and return (DOM after scripts ran, log)."""
     probed = page.with_name(f"probed-{page.name}")
-    probed.write_text(page.read_text().replace("</body>", f'<script>console.error("{PROBE}")</script></body>'))
+    text = page.read_text().replace("<head>", f"<head>{ALERT_HOOK}", 1)
+    probed.write_text(text.replace("</body>", f'<script>console.error("{PROBE}")</script></body>'))
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0",
            "--dump-dom", probed.as_uri() + query]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert PROBE in proc.stderr, "the browser log did not capture console output: errors would go unseen"
     return proc.stdout, proc.stderr
 
 
 def console_errors(log: str) -> list[str]:
+    """Console lines reporting a script error, or an alert() call (injected markup ran)."""
     return [line for line in log.splitlines() if ":CONSOLE" in line and PROBE not in line
-            and re.search(r"Uncaught|Error|error", line)]
+            and re.search(rf"Uncaught|Error|error|{ALERT}", line)]
 
 
 def plotted(dom: str) -> int:

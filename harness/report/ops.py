@@ -11,7 +11,7 @@ from harness.report.load import BACKEND_ORDER, PASSING, latest, order_key
 from harness.report.page import Column, esc, figure, note, pesc, table
 
 SUITE = "onnx_conformance"
-_SCALE = [[0.0, "#d64541"], [0.5, "#f0c330"], [0.8, "#b5d96b"], [1.0, "#2e9e4f"]]
+_SCALE = [[0.0, "#f08a84"], [0.5, "#f7d57a"], [0.8, "#c5e39a"], [1.0, "#7fcb92"]]  # light: dark text reads
 
 
 def op_rows(frame: pd.DataFrame, *, per_op: bool = True) -> pd.DataFrame:
@@ -50,11 +50,12 @@ def _rate_heatmap(rows: pd.DataFrame, key: str, title: str, label: str) -> Any:
         hover.append(hr)
     fig = go.Figure(go.Heatmap(
         z=z, x=[pesc(b) for b in backends], y=[pesc(_show(k)) for k in keys], text=text, texttemplate="%{text}",
+        textfont={"color": "#1d2330"},
         hovertext=hover, hovertemplate="%{hovertext}<extra></extra>", colorscale=_SCALE, zmin=0, zmax=1,
         xgap=2, ygap=2, colorbar={"title": {"text": "pass rate"}, "tickformat": ".0%", "thickness": 14}))
     fig.update_layout(title={"text": title, "x": 0, "font": {"size": 14}}, template="plotly_white",
                       height=150 + 24 * max(len(keys), 3), margin={"l": 120, "r": 30, "t": 90, "b": 40},
-                      font={"size": 12})
+                      font={"size": 12}, **({"width": 360 + 170 * len(backends)} if len(backends) <= 5 else {}))
     fig.update_xaxes(side="top", type="category")
     fig.update_yaxes(autorange="reversed", type="category", automargin=True)
     return fig

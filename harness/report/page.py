@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import math
+import numbers
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemo
 
 def esc(value: Any) -> str:
     """Escape text for HTML (element content and quoted attributes)."""
-    return "" if value is None else str(value)
+    return html.escape("" if value is None else str(value), quote=True)
 
 
 def pesc(value: Any, limit: int | None = None) -> str:
@@ -101,15 +102,17 @@ def table(columns: Sequence[Column], rows: Iterable[dict[str, Any]], table_id: s
                 shown = status_badge(str(value))
             else:
                 shown = esc(fmt(value))
-            sort = value if c.numeric and isinstance(value, int | float) and not math.isnan(value) else ""
+            real = isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+            sort = value if c.numeric and real else ""
             sort_attr = f' data-v="{esc(sort)}"' if c.numeric else ""
             cls = ' class="wide"' if c.wide else (' class="num"' if c.numeric else "")
             cells.append(f"<td{sort_attr}{cls}>{shown}</td>")
         cls = f' class="{esc(row_class(row))}"' if row_class else ""
         body.append(f"<tr{cls}>{''.join(cells)}</tr>")
+    count = f"{len(rows)} row" + ("s" if len(rows) != 1 else "")
     return (f'<div class="tablebox"><div class="tools"><input type="search" class="filter" data-table="{esc(table_id)}"'
             f' placeholder="filter rows (all words must match)" aria-label="filter table">'
-            f' <span class="count" id="{esc(table_id)}-count">{len(rows)} rows</span></div>'
+            f' <span class="count" id="{esc(table_id)}-count">{count}</span></div>'
             f'<div class="scroll"><table class="data" id="{esc(table_id)}"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div></div>')
 

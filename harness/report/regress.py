@@ -29,7 +29,10 @@ class Regression:
     detail: str = ""
 
     def __str__(self) -> str:
-        return f"{self.case}: {self.metric} {self.baseline} -> {self.current} ({self.change}) {self.detail}".strip()
+        if self.metric == "verdict":
+            why = f": {self.detail}" if self.detail else ""
+            return f"{self.case}: verdict {self.baseline} -> {self.current}{why}"
+        return f"{self.case}: {self.metric} {self.baseline} -> {self.current} ({self.change}; {self.detail})"
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ def _check(key: tuple[str, ...], label: str, base: dict[str, Any], cur: dict[str
     notes: list[str] = []
     bs, cs = base["status"], cur["status"]
     if bs in PASSING and cs in BROKEN:
-        regs.append(Regression(label, "verdict", bs, cs, "verdict", cur.get("reason", "")[:300]))
+        regs.append(Regression(label, "verdict", bs, cs, f"{bs} -> {cs}", cur.get("reason", "")[:300]))
     elif bs != cs:
         notes.append(f"verdict {bs} -> {cs}")
     if bs in PASSING and cs in PASSING and base["executed_precision"] != cur["executed_precision"]:
@@ -88,6 +91,9 @@ def _check(key: tuple[str, ...], label: str, base: dict[str, Any], cur: dict[str
     samples_b, samples_c = base.get("samples_ms") or [], cur.get("samples_ms") or []
     both_timed = base.get("has_latency") and cur.get("has_latency")
     sig = slower_test(samples_b, samples_c) if both_timed else None
+    if both_timed and (base.get("unstable") or cur.get("unstable")):
+        notes.append(f"unstable measurement (CV {base.get('cv', math.nan):.2g} -> {cur.get('cv', math.nan):.2g}): "
+                     "the machine was not quiet")
     if both_timed and sig is None and any(t.spec.latency for t in thresholds):
         notes.append("no raw samples: threshold on p50 only, no significance test")
     for t in thresholds:
@@ -159,8 +165,8 @@ def table_rows(diffs: Sequence[CaseDiff]) -> list[list[str]]:
         cos_b, cos_c = b.get("cosine", math.nan), c.get("cosine", math.nan)
         cosine = "" if math.isnan(cos_b) or math.isnan(cos_c) else (
             f"{cos_c:.6f}" if cos_b == cos_c else f"{cos_b:.6f}->{cos_c:.6f}")
-        why = "; ".join([f"{r.metric} {r.change} ({r.detail})" if r.metric != "verdict" else "verdict"
-                         for r in d.regressions] + list(d.notes))
+        why = "; ".join([f"{r.metric} {r.change} ({r.detail})" if r.metric != "verdict" else
+                          f"verdict: {r.detail[:100]}" for r in d.regressions] + list(d.notes))
         rows.append([d.outcome, d.label, verdict,
                      f"{_num(b.get('p50_ms'))} -> {_num(c.get('p50_ms'))}" if c.get("has_latency")
                      or b.get("has_latency") else "", _pct(d.change("p50_ms")),

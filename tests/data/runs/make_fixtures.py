@@ -78,7 +78,7 @@ def _record(run_id: str, machine: str, model: str, backend: str, precision: str,
     lat = _latency(rng, base * speed * slow, 0.22 if (model, backend) == ("lstm_tiny", "ort") else 0.05) \
         if perf and matched else None
     return Record(
-        run_id=run_id, model=model, backend=backend, precision=precision, status=status, suite="performance"
+        run_id=run_id, model=model, backend=backend, precision=precision, status=status, suite="perf"
         if perf else "conformance", reason=reason, executed_precision=executed if built else "",
         precision_match=("fallback" if executed != precision else "exact") if built else "", metrics=metrics,
         input_sets=["seed0", "seed1", "edge"], settings={"threads": 2, "batch": 1}, backend_version=ENGINE[backend],
