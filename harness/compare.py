@@ -85,7 +85,7 @@ class CompareResult:
 
     @property
     def nonfinite(self) -> int:
-        """Non-finite values in the engine's outputs (where the reference is finite)."""
+        """Non-finite values in the engine's outputs (a NaN reference does not excuse them)."""
         return sum(o.nonfinite for o in self.outputs)
 
     @property
@@ -128,13 +128,17 @@ def compare_output(name: str, ref: np.ndarray, out: np.ndarray, tol: Tolerance) 
     if ref.shape != out.shape:
         reason = f"shape {out.shape} != reference {ref.shape}"
         return OutputComparison(name, False, reason, math.inf, math.inf, 0.0, 1.0)
+    if ref.ndim == 0:
+        ref, out = ref.reshape(1), out.reshape(1)
     if ref.dtype.kind in "iub" or out.dtype.kind in "iub":
         return _compare_exact(name, ref, out)
     r = ref.astype(np.float64)
     o = out.astype(np.float64)
     finite_ref = np.isfinite(r)
-    bad = ~np.isfinite(o) & finite_ref
+    same_inf = np.isinf(r) & (o == r)  # an infinity the reference has too (e.g. a -inf mask) agrees
+    bad = ~np.isfinite(o) & ~same_inf  # NaN never agrees, not even with a NaN reference
     nonfinite = int(bad.sum())
+    ref_nan = int(np.isnan(r).sum())
     diff = np.abs(o - r)
     diff[bad] = math.inf
     both = finite_ref & np.isfinite(o)
@@ -149,6 +153,8 @@ def compare_output(name: str, ref: np.ndarray, out: np.ndarray, tol: Tolerance) 
     reasons = []
     if nonfinite:
         reasons.append(f"{nonfinite} non-finite values")
+    if ref_nan:
+        reasons.append(f"the PyTorch reference itself has {ref_nan} NaN values (the model computes NaN on this input)")
     if mismatch_fraction > tol.max_mismatch_fraction:
         reasons.append(
             f"{mismatch_fraction:.2%} of elements outside atol={tol.atol:g} rtol={tol.rtol:g} (max abs {max_abs:.3g})"

@@ -48,6 +48,7 @@ class HarnessConfig:
     measure: dict[str, Any]
     prepared: bool = False
     records: list[Record] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
 
 
 HARNESS_KEY = pytest.StashKey[HarnessConfig]()
@@ -76,6 +77,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="per-case time limit in the child process; exceeding it records 'timeout' (default 600)")
     group.addoption("--shard", default=None, metavar="I/N",
                     help="run only shard I of N (1-based; stable assignment by test id) for CI matrices")
+    group.addoption("--onnx-cases", default=None, choices=("ci", "all"), metavar="SET",
+                    help="ONNX conformance suite: 'ci' (curated subset; default under --tag ci) or 'all' (default)")
+    group.addoption("--onnx-case", action="append", default=[], metavar="PATTERN",
+                    help="ONNX conformance case ids, shell wildcards (repeatable), e.g. 'node-test_conv*'")
     group.addoption("--no-report", action="store_true", help="do not write the HTML report at the end")
     group.addoption("--bench", action="store_true",
                     help="longer, steadier measurements in perf suites (min 5 s and 50 iterations per case)")
@@ -201,20 +206,56 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _is_case_item(item: pytest.Item) -> bool:
     callspec = getattr(item, "callspec", None)
-    return callspec is not None and ("case" in callspec.params or "zoo_model" in callspec.params)
+    return callspec is not None and any(k in callspec.params for k in ("case", "zoo_model", "onnx_case"))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     hc = session.config.stash[HARNESS_KEY]
-    if not any(_is_case_item(i) for i in session.items) or hasattr(session.config, "workerinput"):
+    if session.config.option.collectonly or not any(_is_case_item(i) for i in session.items):
         return
     try:
-        hc.store.prepare()
-        hc.store.write_run_info(started_at=time.time(), argv=sys.argv[1:], backends=hc.backends,
-                                precisions=[p.value for p in hc.precisions], shard=hc.shard)
+        hc.store.prepare()  # every xdist worker too: an unwritable results dir stops the run before any case
+        if not hasattr(session.config, "workerinput"):  # under xdist the controller writes run.json at the end
+            _write_start_info(hc)
     except OSError as exc:
         pytest.exit(str(exc), returncode=4)
     hc.prepared = True
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """xdist controller: refuse an unwritable results dir before any worker starts (workers cannot exit cleanly)."""
+    config = session.config
+    if getattr(config.option, "dist", "no") == "no" or hasattr(config, "workerinput"):
+        return
+    try:
+        check_writable(config.stash[HARNESS_KEY].store.dir)
+    except OSError as exc:
+        pytest.exit(str(exc), returncode=4)
+
+
+def check_writable(path: Path) -> None:
+    """Raise OSError like ``ResultStore.prepare`` if files cannot be written under ``path``; create nothing."""
+    import errno
+    import tempfile
+
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        with tempfile.TemporaryFile(dir=existing) as probe:
+            probe.write(b"x" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        raise OSError(exc.errno, f"results directory {path} is not writable: {exc.strerror}. "
+                      "Pass --results-dir to a writable directory with free space.") from exc
+
+
+def _write_start_info(hc: HarnessConfig) -> None:
+    hc.store.write_run_info(started_at=hc.started_at, argv=sys.argv[1:], backends=hc.backends,
+                            precisions=[p.value for p in hc.precisions], shard=hc.shard)
 
 
 def execute(hc: HarnessConfig, case: CaseRequest) -> Record:
@@ -262,8 +303,14 @@ def harness_run(harness_config: HarnessConfig) -> Callable[..., Record]:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     hc = config.stash.get(HARNESS_KEY, None)
-    if hc is None or not hc.prepared:
+    if hc is None:
         return
+    if not hc.prepared:
+        # the xdist controller collects no items: its workers' records say whether cases ran
+        if hasattr(config, "workerinput") or not hc.store.records_path.exists():
+            return
+        _write_start_info(hc)
+        hc.prepared = True
     from harness.summary import status_table
 
     records = hc.store.records()

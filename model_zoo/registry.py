@@ -14,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.compare import DEFAULT_KEY, DEFAULT_TOLERANCES, Tolerance, ToleranceSpec
+from harness.compare import DEFAULT_KEY, DEFAULT_TOLERANCES, ToleranceSpec
 from harness.errors import HarnessError, UnknownNameError
 from harness.types import Feeds, Precision, Status, TensorSpec
 

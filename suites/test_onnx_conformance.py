@@ -26,6 +26,9 @@ from typing import Any
 import pytest
 
 from harness import backends
+
+pytest.importorskip("onnx", reason="onnx_conformance: Python package 'onnx' not installed (pip install -e '.[ort]')")
+
 from harness.onnx_cases import OnnxCase, discover, run_onnx_case, select
 from harness.pytest_plugin import HARNESS_KEY, HarnessConfig, apply_outcome
 from harness.types import Status

@@ -10,8 +10,6 @@ is meaningless, so this suite refuses to run under pytest-xdist workers.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from harness import backends
@@ -23,8 +21,8 @@ XDIST_MESSAGE = ("the perf suite measures latency and cannot share the CPU with 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _refuse_parallel_timing() -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+def _refuse_parallel_timing(request: pytest.FixtureRequest) -> None:
+    if hasattr(request.config, "workerinput"):
         pytest.fail(XDIST_MESSAGE, pytrace=False)
 
 

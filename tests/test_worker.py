@@ -119,8 +119,6 @@ def test_engine_returning_nan_is_nonfinite():
     assert r.metrics["nonfinite"] > 0
 
 
-@pytest.mark.xfail(strict=True, reason="harness.compare counts non-finite engine values only where the reference is "
-                   "finite, so NaN matching a NaN reference passes; fix proposed to the lead (compare_output)")
 def test_model_producing_nan_is_nonfinite_never_pass():
     """The reference itself is NaN here: matching NaN with NaN must not count as agreement."""
     r = run_in_subprocess(CaseRequest("nan_model", "ort", Precision.FP32, zoo_files=(THIS_FILE,)), timeout_s=300)

@@ -150,7 +150,7 @@ class OrtBackend(Backend):
             path = cached(model.artifact(f"ort-int8-static-{key}.onnx"),
                           lambda tmp: _quantize_static(model.onnx_path, tmp, calibration, reduce_range=reduce_range))
             return path, recipe
-        except Exception as exc:  # noqa: BLE001 - fall back to dynamic quantization and say so
+        except Exception as exc:
             static_error = f"{type(exc).__name__}: {exc}"
         try:
             path = cached(model.artifact("ort-int8-dynamic.onnx"), lambda tmp: _quantize_dynamic(model.onnx_path, tmp))
@@ -180,7 +180,7 @@ def _to_fp16(model: ExportedModel, out: Path) -> None:
 
                 graph = onnxslim.slim(graph)
             onnx.save(float16.convert_float_to_float16(graph, keep_io_types=True), str(out))
-        except Exception as exc:  # noqa: BLE001 - try the next variant, report all
+        except Exception as exc:
             failures.append(f"{variant}: conversion raised {type(exc).__name__}: {exc}")
             continue
         problem = _load_problem(out)
@@ -245,7 +245,7 @@ def _quantize_static(src: Path, out: Path, calibration: Sequence[Feeds], reduce_
     pre = out.with_name("pre.onnx")
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-    except Exception:  # noqa: BLE001 - symbolic shape inference fails on some graphs; plain ONNX inference then
+    except Exception:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,

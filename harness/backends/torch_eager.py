@@ -92,7 +92,7 @@ def _layer_types(module: nn.Module) -> Counter[str]:
     counts: Counter[str] = Counter()
     for m in module.modules():
         kind = type(m).__module__
-        if "quantized" in kind and hasattr(m, "weight") or "quantized" in kind and type(m).__name__ == "LSTM":
+        if ("quantized" in kind and hasattr(m, "weight")) or ("quantized" in kind and type(m).__name__ == "LSTM"):
             counts["int8"] += 1
         elif isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear | nn.LSTM | nn.GRU | nn.MultiheadAttention):
             counts["fp32"] += 1
