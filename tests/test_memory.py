@@ -91,4 +91,6 @@ def test_a_200mb_engine_allocation_shows_in_the_case_record(monkeypatch):
     assert heavy.peak_rss_mb - control.peak_rss_mb == pytest.approx(ALLOC_MB, abs=25)
     child = heavy.extra["memory"]["child"]
     assert child["method"] == "VmHWM after clear_refs"
-    assert heavy.extra["worker"]["ru_maxrss_mb"] == pytest.approx(child["peak_mb"], abs=2.0)
+    # ru_maxrss of an exec'd child starts at the parent's own high-water mark (under xdist a big worker), so it is
+    # only a lower-bounded cross-check: it can never be below the child's own VmHWM
+    assert heavy.extra["worker"]["ru_maxrss_mb"] >= child["peak_mb"] - 2.0
