@@ -78,7 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--shard", default=None, metavar="I/N",
                     help="run only shard I of N (1-based; stable assignment by test id) for CI matrices")
     group.addoption("--onnx-cases", default=None, choices=("ci", "all"), metavar="SET",
-                    help="ONNX conformance suite: 'ci' (curated subset; default under --tag ci) or 'all' (default)")
+                    help="ONNX conformance suite: 'ci' (curated subset, default) or 'all' (every shipped case; nightly)")
     group.addoption("--onnx-case", action="append", default=[], metavar="PATTERN",
                     help="ONNX conformance case ids, shell wildcards (repeatable), e.g. 'node-test_conv*'")
     group.addoption("--no-report", action="store_true", help="do not write the HTML report at the end")
