@@ -7,6 +7,7 @@ plotly, which renders a subset of HTML in labels and hover text.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -76,15 +77,12 @@ def conformance_matrix(frame: pd.DataFrame) -> Any:
         z.append(zr)
         text.append(tr)
         hover.append(hr)
-    n = max(len(present), 1)
-    scale: list[list[Any]] = []
-    for i, s in enumerate(present):
-        colour = STATUS_COLORS.get(s, "#999999")
-        scale += [[i / n, colour], [(i + 1) / n, colour]]
+    scale = status_colorscale(present)
+    zmax = max(len(present), 1) - 0.5
     fig = go.Figure(go.Heatmap(
         z=z, x=[f"{combo_label(b, p)}" for b, p in pairs], y=[pesc(r) for r in rows], text=text,
         texttemplate="%{text}", textfont={"size": 11}, hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
-        colorscale=scale or [[0, "#fff"], [1, "#fff"]], zmin=-0.5, zmax=n - 0.5, xgap=2, ygap=2, showscale=False))
+        colorscale=scale or [[0, "#fff"], [1, "#fff"]], zmin=-0.5, zmax=zmax, xgap=2, ygap=2, showscale=False))
     for s in present:  # a legend entry per status present (a discrete colour bar is hard to read)
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=pesc(s), hoverinfo="skip",
                                  marker={"symbol": "square", "size": 13, "color": STATUS_COLORS.get(s, "#999999")}))
@@ -298,3 +296,13 @@ def memory(frame: pd.DataFrame) -> Any:
                                 range=[-0.6, len(models) - 0.4], showgrid=False)
     fig.update_yaxes(title_text="MB")
     return fig
+
+
+def status_colorscale(statuses: Sequence[str]) -> list[list[Any]]:
+    """A discrete plotly colorscale giving status i (of ``statuses``) its status colour."""
+    n = max(len(statuses), 1)
+    scale: list[list[Any]] = []
+    for i, status in enumerate(statuses):
+        colour = STATUS_COLORS.get(status, "#999999")
+        scale += [[i / n, colour], [(i + 1) / n, colour]]
+    return scale

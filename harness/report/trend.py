@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report.dashboard import when, write_atomic
-from harness.report.figures import FONT, combo_color, combo_label
+from harness.report.figures import FONT, combo_color, combo_label, status_colorscale
 from harness.report.load import CASE_KEY, FAILING, PASSING, STATUS_ORDER, Runs, combos, load_runs, sort_cases
 from harness.report.page import (
     STATUS_COLORS,
@@ -91,14 +91,12 @@ def timeline(frame: pd.DataFrame, infos: list[Any], changes: pd.DataFrame) -> An
         z.append(zr)
         text.append(tr)
         hover.append(hr)
-    n = max(len(present), 1)
-    scale: list[list[Any]] = []
-    for i, s in enumerate(present):
-        scale += [[i / n, STATUS_COLORS.get(s, "#999")], [(i + 1) / n, STATUS_COLORS.get(s, "#999")]]
+    scale = status_colorscale(present)
+    zmax = max(len(present), 1) - 0.5
     fig = go.Figure(go.Heatmap(
         z=z, x=[pesc(labels[i.run_id]) for i in infos], y=[pesc(" ".join(k[1:4]) + f" [{k[4]}]") for k in keys],
         text=text, texttemplate="%{text}", textfont={"size": 10}, hovertext=hover,
-        hovertemplate="%{hovertext}<extra></extra>", colorscale=scale, zmin=-0.5, zmax=n - 0.5, showscale=False,
+        hovertemplate="%{hovertext}<extra></extra>", colorscale=scale, zmin=-0.5, zmax=zmax, showscale=False,
         xgap=2, ygap=2))
     for s in present:
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=pesc(s), hoverinfo="skip",
