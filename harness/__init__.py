@@ -5,8 +5,8 @@
 
 from __future__ import annotations
 
-from harness.compare import CompareResult, Tolerance, compare
-from harness.errors import (
+from harness.core.compare import CompareResult, Tolerance, compare
+from harness.core.errors import (
     BackendUnavailable,
     ConversionError,
     ExportError,
@@ -14,7 +14,7 @@ from harness.errors import (
     UnknownNameError,
     UnsupportedPrecision,
 )
-from harness.types import Feeds, Precision, Status, TensorSpec
+from harness.core.types import Feeds, Precision, Status, TensorSpec
 
 __all__ = [
     "BackendUnavailable",

@@ -6,8 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
 
-from harness.errors import HarnessError
+from harness import backends
+from harness.core.errors import HarnessError
+from harness.core.options import CaseRequest, MeasureOptions
+from harness.core.record import Record
+from harness.core.types import Precision, Status
+from harness.exec.supervisor import run_in_subprocess
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
@@ -30,7 +37,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
         load_zoo_file(f)
     names = list_models(args.pattern or ["*"], args.tag)
     try:
-        from model_zoo.catalog import describe, format_table
+        from model_zoo.listing import describe, format_table
     except ImportError:
         from model_zoo import get_model
 
@@ -44,7 +51,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.worker import run_one_cli
+    from harness.cli import run_one_cli
 
     return run_one_cli(args.model, args.backend, args.precision, json_out=args.json, in_process=args.in_process,
                        measure=not args.no_measure, timeout_s=args.timeout, zoo_files=tuple(args.zoo_file),
@@ -98,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run one case outside pytest and print its record")
     s.add_argument("model")
-    s.add_argument("--backend", required=True, help="torch, ort, ov, ncnn, trt (or an alias)")
+    s.add_argument("--backend", required=True, help=backends.describe_names())
     s.add_argument("--precision", default="fp32", help="fp32, fp16 or int8 (default fp32)")
     s.add_argument("--json", action="store_true", help="print the full record as JSON")
     s.add_argument("--in-process", action="store_true", help="no child process (debugging)")
@@ -140,3 +147,58 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+
+
+
+
+def run_one_cli(model: str, backend: str, precision: str, *, json_out: bool = False, in_process: bool = False,
+                measure: bool = True, timeout_s: float = 600.0, threads: int | None = None,
+                zoo_files: Sequence[str] = (), bench: bool = False, batches: Sequence[int] | None = None,
+                out: IO[str] | None = None) -> int:
+    """``harness run``: one case, printed as JSON or a summary; exit 0 for pass/fallback/xfail, else 1."""
+    out = out or sys.stdout
+    opts: MeasureOptions | None = None
+    if measure:
+        opts = (MeasureOptions.bench if bench else MeasureOptions.quick)(
+            batches=tuple(int(b) for b in batches) if batches else None)
+    req = CaseRequest(model, backend, Precision.parse(precision), suite="cli", threads=threads,
+                      zoo_files=tuple(str(Path(f).resolve()) for f in zoo_files), measure=opts)
+    if in_process:
+        from harness.run.case import run_case
+
+        record = run_case(req)
+    else:
+        record = run_in_subprocess(req, timeout_s=timeout_s)
+    out.write((json.dumps(json.loads(record.to_json()), indent=2) if json_out else format_record(record)) + "\n")
+    ok = {Status.PASS.value, Status.FALLBACK.value, Status.XFAIL.value}
+    return 0 if record.status in ok else 1
+
+
+def format_record(r: Record) -> str:
+    """A few human-readable lines about one record."""
+    lines = [f"{r.case_id}: {r.status}" + (f" ({r.reason})" if r.reason else "")]
+    if r.executed_precision:
+        lines.append(f"  executed: {r.executed_precision} ({r.precision_match})   engine: {r.backend} "
+                     f"{r.backend_version}   threads: {r.settings.get('threads', '?')}")
+    if r.metrics:
+        lines.append("  error: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, int | float) else f"{k}={v}"
+                                             for k, v in r.metrics.items()))
+    if r.artifact:
+        lines.append(f"  artifact: {r.artifact} ({r.artifact_mb} MB)")
+    if r.latency:
+        lat = r.latency
+        flag = "  UNSTABLE" if lat.get("unstable") else ""
+        lines.append(f"  latency: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f}  p99 {lat['p99_ms']:.3f}  "
+                     f"mean {lat['mean_ms']:.3f}  cv {lat['cv']:.3f}  n={lat['n']}  batch={lat.get('batch')}{flag}")
+    for t in r.throughput:
+        lines.append(f"  throughput: batch {t['batch']}: {t['items_per_s']:.1f} items/s ({t['mode']})")
+    if (roof := r.extra.get("roofline")) and "error" in roof:
+        lines.append(f"  roofline: {roof['error']}")
+    elif roof:
+        lines.append(f"  roofline: {roof.get('gflops', 0):.4g} GFLOP/inference, {roof.get('achieved_gflop_s', 0):.1f}"
+                     f" GFLOP/s, {roof.get('fraction_of_peak', float('nan')):.1%} of {roof.get('peak_gflop_s')}")
+    if r.peak_rss_mb is not None:
+        lines.append(f"  peak RSS of the case: {r.peak_rss_mb} MB")
+    return "\n".join(lines)

@@ -3,7 +3,7 @@
 Loaded by the repository's ``conftest.py`` (``pytest_plugins``). A test that
 takes the ``case`` fixture is parametrized over model x backend x precision
 (ids like ``resnet18-ort-int8``); ``harness_run(case)`` runs it through
-``harness.runner`` (in a child process unless ``--in-process``), appends the
+``harness.run.case`` (in a child process unless ``--in-process``), appends the
 record and turns non-verdict outcomes into skips/xfails with their reasons.
 """
 
@@ -20,10 +20,12 @@ from typing import Any
 import pytest
 
 from harness import backends
-from harness.errors import HarnessError
-from harness.results import Record, ResultStore, new_run_id
-from harness.runner import CaseRequest, run_case
-from harness.types import Precision, Status
+from harness.core.errors import HarnessError
+from harness.core.options import CaseRequest, MeasureOptions
+from harness.core.record import Record
+from harness.core.types import Precision, Status
+from harness.results import ResultStore, new_run_id
+from harness.run.case import run_case
 
 CASE_MARKER = "harness_cases"
 CASE_MARKER_KEYS = {"tags", "models", "backends", "precisions", "suite"}
@@ -45,7 +47,7 @@ class HarnessConfig:
     case_timeout_s: float
     shard: tuple[int, int] | None
     report: bool
-    measure: dict[str, Any]
+    measure: MeasureOptions
     prepared: bool = False
     records: list[Record] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
@@ -57,8 +59,8 @@ HARNESS_KEY = pytest.StashKey[HarnessConfig]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "inference conformance harness")
     group.addoption("--backend", action="append", default=[], metavar="NAME",
-                    help="backend to run (repeatable): torch, ort, ov, ncnn, trt (aliases onnxruntime, openvino, "
-                         "tensorrt). Default: every available backend; unavailable ones are skipped with the reason.")
+                    help=f"backend to run (repeatable): {backends.describe_names()}. Default: every available backend; "
+                         "unavailable ones are skipped with the reason.")
     group.addoption("--precision", action="append", default=[], metavar="P",
                     help="fp32, fp16 or int8 (repeatable; default all three)")
     group.addoption("--model", action="append", default=[], metavar="PATTERN",
@@ -116,10 +118,8 @@ def pytest_configure(config: pytest.Config) -> None:
                              f"available here: {', '.join(backends.available()) or 'none'}.")
     run_id = getattr(config, "workerinput", {}).get("harness_run_id") or opt.run_id or new_run_id()
     shard = _parse_shard(opt.shard) if opt.shard else None
-    measure = {"min_time_s": 5.0, "min_iterations": 50, "warmup": 10} if opt.bench else \
-        {"min_time_s": 1.0, "min_iterations": 10, "warmup": 3}
-    if opt.batch:
-        measure["batches"] = [int(b) for b in opt.batch.split(",")]
+    batches = _parse_batches(opt.batch) if opt.batch else None
+    measure = (MeasureOptions.bench if opt.bench else MeasureOptions.quick)(batches=batches)
     config.stash[HARNESS_KEY] = HarnessConfig(
         backends=list(dict.fromkeys(explicit)) or backends.names(), explicit_backends=bool(explicit),
         precisions=list(dict.fromkeys(precisions)), model_patterns=opt.model or ["*"], tags=opt.tag,
@@ -127,6 +127,16 @@ def pytest_configure(config: pytest.Config) -> None:
         store=ResultStore(opt.results_dir, run_id), threads=opt.threads, in_process=opt.in_process,
         case_timeout_s=opt.case_timeout, shard=shard, report=not opt.no_report, measure=measure,
     )
+
+
+def _parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise _usage(f"--batch {text!r}: expected comma-separated positive integers, e.g. --batch 1,8") from None
+    if not sizes or min(sizes) < 1:
+        raise _usage(f"--batch {text!r}: expected comma-separated positive integers, e.g. --batch 1,8")
+    return sizes
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -259,11 +269,15 @@ def _write_start_info(hc: HarnessConfig) -> None:
 
 
 def execute(hc: HarnessConfig, case: CaseRequest) -> Record:
-    """Run one case (child process unless --in-process) and append its record."""
+    """Run one case (child process unless --in-process) and append its record.
+
+    The session's run id, threads and zoo files are the session's, whatever the request says.
+    """
+    case = replace(case, run_id=hc.store.run_id, threads=hc.threads, zoo_files=hc.zoo_files)
     if hc.in_process:
         record = run_case(case)
     else:
-        from harness.worker import run_in_subprocess
+        from harness.exec.supervisor import run_in_subprocess
 
         record = run_in_subprocess(case, timeout_s=hc.case_timeout_s)
     hc.store.append(record)

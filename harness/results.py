@@ -10,91 +10,18 @@ line being written, which readers skip. Earlier lines are never rewritten.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
-import math
 import os
-import platform
-import socket
-import subprocess
 import time
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Record:
-    """The outcome of one case (model x backend x precision in one suite)."""
-
-    run_id: str
-    model: str
-    backend: str
-    precision: str
-    status: str
-    suite: str = "conformance"
-    reason: str = ""
-    executed_precision: str = ""
-    precision_match: str = ""  # exact | partial | fallback | "" (not built)
-    metrics: dict[str, float] = field(default_factory=dict)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    input_sets: list[str] = field(default_factory=list)
-    settings: dict[str, Any] = field(default_factory=dict)
-    backend_version: str = ""
-    artifact: str | None = None
-    artifact_mb: float | None = None
-    export: dict[str, Any] = field(default_factory=dict)
-    timings_s: dict[str, float] = field(default_factory=dict)
-    latency: dict[str, Any] | None = None
-    throughput: list[dict[str, Any]] = field(default_factory=list)
-    peak_rss_mb: float | None = None
-    accuracy: float | None = None
-    known_failure: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    test_id: str = ""
-    machine_id: str = ""
-    started_at: float = 0.0
-    duration_s: float = 0.0
-    schema: int = SCHEMA_VERSION
-
-    @property
-    def case_id(self) -> str:
-        """``model-backend-precision``, the pytest id of the case."""
-        return f"{self.model}-{self.backend}-{self.precision}"
-
-    def to_json(self) -> str:
-        """One JSON line (non-finite floats become strings so the line stays valid JSON)."""
-        return json.dumps(_jsonable(dataclasses.asdict(self)), sort_keys=True, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Record:
-        """Build from a parsed line; unknown keys (newer schema) go to ``extra``."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        known = {k: v for k, v in data.items() if k in names}
-        unknown = {k: v for k, v in data.items() if k not in names}
-        if unknown:
-            known["extra"] = {**known.get("extra", {}), **unknown}
-        return cls(**known)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _jsonable(value.item())
-    return value
+from harness.core.machine import machine_fingerprint
+from harness.core.record import SCHEMA_VERSION, Record, _jsonable
 
 
 def new_run_id() -> str:
@@ -182,72 +109,3 @@ def iter_run_dirs(paths: list[str | Path]) -> Iterator[Path]:
             yield from sorted(d for d in p.iterdir() if (d / "records.jsonl").exists())
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    """The SIMD features that decide which kernels engines pick (avx2, avx512*, f16c, fma, amx, vnni)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                keep = ("avx", "fma", "f16c", "amx", "vnni", "sse4_2", "neon", "asimd")
-                return sorted(f for f in flags if f.startswith(keep))
-    return []
-
-
-def _git_commit() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def engine_versions() -> dict[str, str]:
-    """Installed versions of torch and every engine's Python package (no SDK import)."""
-    from harness.backends.base import module_version
-
-    dists = ["torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "ncnn", "pnnx",
-             "tensorrt", "onnxconverter-common", "onnxsim"]
-    return {d: v for d in dists if (v := module_version(d)) != "not installed"}
-
-
-def machine_fingerprint() -> dict[str, Any]:
-    """CPU, cores, RAM, OS, Python, engine versions and project commit of this machine."""
-    mem_gb = None
-    with contextlib.suppress(OSError, ValueError):
-        kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-        mem_gb = round(kb / 1024 / 1024, 1)
-    cpu = _cpu_model()
-    host = socket.gethostname()
-    return {
-        "machine_id": machine_id(),
-        "hostname": host,
-        "cpu": cpu,
-        "cpu_flags": cpu_flags(),
-        "cores": os.cpu_count(),
-        "ram_gb": mem_gb,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "versions": engine_versions(),
-        "git_commit": _git_commit(),
-    }
-
-
-def machine_id() -> str:
-    """A short stable id of this machine: ``HARNESS_MACHINE_ID`` or hostname + CPU model."""
-    import hashlib
-
-    env = os.environ.get("HARNESS_MACHINE_ID")
-    if env:
-        return env
-    return socket.gethostname() + "-" + hashlib.sha1(_cpu_model().encode()).hexdigest()[:6]

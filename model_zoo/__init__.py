@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from harness.compare import Tolerance
-from harness.types import Precision, TensorSpec
-from model_zoo.registry import (
-    KnownFailure,
-    ModelSpec,
-    get_model,
-    list_models,
-    load_zoo_file,
-    register_model,
-)
+from harness.core.compare import Tolerance
+from harness.core.spec import KnownFailure, ModelSpec
+from harness.core.types import Precision, TensorSpec
+from model_zoo.lookup import get_model, list_models, load_zoo_file
+from model_zoo.registry import register_model
 
 __all__ = [
     "KnownFailure",

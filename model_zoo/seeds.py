@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.types import Feeds, TensorSpec
-from model_zoo.registry import KnownFailure, register_model
+from harness.core.spec import KnownFailure
+from harness.core.types import Feeds, TensorSpec
+from model_zoo.registry import register_model
 
 EXPORT_FACTOR = 3
 OTHER_FACTORS = (2, 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.types import TensorSpec
+from harness.core.types import TensorSpec
 from model_zoo.registry import register_model
 
 

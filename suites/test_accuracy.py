@@ -13,15 +13,14 @@ from dataclasses import replace
 
 import pytest
 
+from harness.core.options import CaseRequest
+from harness.core.record import Record
+from harness.core.types import Precision
 from harness.pytest_plugin import HarnessConfig, execute
-from harness.results import Record
-from harness.runner import CaseRequest
-from harness.types import Precision
 
 pytestmark = pytest.mark.accuracy
 
 KEEP_FRACTION = 0.99
-ACCURACY_OPTIONS = {"accuracy": True}
 
 
 def fp32_baseline(hc: HarnessConfig, case: CaseRequest) -> Record:
@@ -33,12 +32,12 @@ def fp32_baseline(hc: HarnessConfig, case: CaseRequest) -> Record:
             return record
     # not in this session (e.g. --precision int8, or an xdist worker that has not finished it): run it now
     return execute(hc, replace(case, precision=Precision.FP32, test_id=f"{case.model}-{case.backend}-fp32-baseline",
-                               suite="accuracy", options=ACCURACY_OPTIONS))
+                               suite="accuracy", accuracy=True))
 
 
 @pytest.mark.harness_cases(tags=["accuracy"])
 def test_accuracy(case, harness_run, harness_config):
-    record = harness_run(case, suite="accuracy", options=ACCURACY_OPTIONS)
+    record = harness_run(case, suite="accuracy", accuracy=True)
     assert record.accuracy is not None, f"no accuracy recorded: {record.status}: {record.reason}"
     if case.precision is Precision.FP32:
         return

@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
+from harness.core.options import CaseRequest, ExportOptions
+from harness.core.record import Record
+from harness.core.types import Precision, Status
 from harness.pytest_plugin import HarnessConfig, apply_outcome
-from harness.results import Record
-from harness.runner import CaseRequest, run_case
-from harness.types import Precision, Status
+from harness.run.case import run_case
 
 pytestmark = pytest.mark.export
 
@@ -38,7 +39,7 @@ def run_unrecorded(hc: HarnessConfig, case: CaseRequest) -> Record:
     """Run a case like the plugin does (child process unless --in-process) without appending its record."""
     if hc.in_process:
         return run_case(case)
-    from harness.worker import run_in_subprocess
+    from harness.exec.supervisor import run_in_subprocess
 
     return run_in_subprocess(case, timeout_s=hc.case_timeout_s)
 
@@ -77,7 +78,7 @@ def test_exporters(zoo_model, harness_config):
     for exporter in EXPORTERS:
         case = CaseRequest(zoo_model, "ort", Precision.FP32, run_id=hc.store.run_id, suite="export",
                            threads=hc.threads, zoo_files=hc.zoo_files, test_id=f"{zoo_model}-{exporter}-export",
-                           options={"export": {"exporter": exporter}})
+                           export=ExportOptions(exporter=exporter))
         verified = run_unrecorded(hc, case)
         export = verified.export
         record = replace(verified, backend=exporter, backend_version=_torch_version(), extra={
@@ -108,7 +109,7 @@ def test_opset_sweep(zoo_model, opset, harness_config):
     for backend in [b for b in SWEEP_BACKENDS if b in hc.backends]:
         case = CaseRequest(zoo_model, backend, Precision.FP32, run_id=hc.store.run_id, suite="export",
                            threads=hc.threads, zoo_files=hc.zoo_files, test_id=f"{zoo_model}-{backend}-opset{opset}",
-                           options={"export": {"opset": opset}})
+                           export=ExportOptions(opset=opset))
         record = run_unrecorded(hc, case)
         record = replace(record, extra={**record.extra, "opset": opset, "declared_opset": spec.opset,
                                         "written_opset": record.export.get("opset"),
@@ -123,6 +124,6 @@ def test_opset_sweep(zoo_model, opset, harness_config):
 
 
 def _torch_version() -> str:
-    from harness.backends.base import module_version
+    from harness.core.machine import module_version
 
     return module_version("torch")

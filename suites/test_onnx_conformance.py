@@ -1,8 +1,10 @@
 """ONNX operator conformance: ONNX's backend test cases x every engine that consumes ONNX, at fp32.
 
-Cases come from ``harness.onnx_cases`` (node cases generated from the onnx
-wheel, plus its pytorch-converted, pytorch-operator, simple and light sets);
-ids look like ``node-test_abs-ort``. Selection:
+Cases come from ``harness.model.onnx_files`` (node cases generated from the
+onnx wheel, plus its pytorch-converted, pytorch-operator, simple and light
+sets); each runs as the ONNX-native model ``onnx:<case id>`` through the same
+case loop, child-process supervisor and records as every other suite. Test ids
+look like ``node-test_abs-ort``. Selection:
 
 * ``--onnx-cases ci|all`` (or ``HARNESS_ONNX_CASES``): the curated ``CI_CASES``
   or everything; default ``ci`` under ``--tag ci``, else ``all``;
@@ -11,16 +13,14 @@ ids look like ``node-test_abs-ort``. Selection:
   of a light model selects its case (``--model light_resnet50``);
 * ``--backend`` as everywhere; torch is left out (it reads no ONNX).
 
-Every case runs in a long-lived worker child per backend (``harness.onnx_worker``)
-so an engine crash costs one case, or in this process with ``--in-process``.
+Cases run in a reused child process (``harness.exec``), so an engine crash or
+hang costs one case, or in this process with ``--in-process``.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-import sys
-import time
 from typing import Any
 
 import pytest
@@ -29,9 +29,11 @@ from harness import backends
 
 pytest.importorskip("onnx", reason="onnx_conformance: Python package 'onnx' not installed (pip install -e '.[ort]')")
 
-from harness.onnx_cases import OnnxCase, discover, run_onnx_case, select
-from harness.pytest_plugin import HARNESS_KEY, HarnessConfig, apply_outcome
-from harness.types import Status
+
+from harness.core.options import CaseRequest
+from harness.core.types import Precision, Status
+from harness.model.onnx_files import SUITE, OnnxCase, discover, select
+from harness.pytest_plugin import HARNESS_KEY, HarnessConfig
 
 pytestmark = pytest.mark.onnx_conformance
 NOT_ONNX = {"torch"}
@@ -63,35 +65,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(("onnx_case", "onnx_backend"), params)
 
 
-@pytest.fixture(scope="session")
-def onnx_workers(request: pytest.FixtureRequest) -> Any:
-    """backend -> CaseWorker, shared by the session; stopped at its end."""
-    from harness.onnx_worker import CaseWorker
-
-    hc = request.config.stash[HARNESS_KEY]
-    if not hc.prepared and not hasattr(request.config, "workerinput"):
-        # until the plugin's _is_case_item knows "onnx_case": give the run its run.json and terminal summary
-        hc.store.prepare()
-        hc.store.write_run_info(started_at=time.time(), argv=sys.argv[1:], backends=hc.backends, precisions=["fp32"])
-        hc.prepared = True
-    workers: dict[str, CaseWorker] = {}
-    yield lambda name: workers.setdefault(name, CaseWorker(timeout_s=hc.case_timeout_s))
-    for worker in workers.values():
-        worker.close()
-
-
-def test_onnx_conformance(onnx_case: OnnxCase, onnx_backend: str, harness_config: HarnessConfig,
-                          onnx_workers: Any) -> None:
+def test_onnx_conformance(onnx_case: OnnxCase, onnx_backend: str, harness_run: Any) -> None:
     reason = backends.get(onnx_backend)().unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    options = {"run_id": harness_config.store.run_id, "threads": harness_config.threads,
-               "test_id": f"{onnx_case.id}-{onnx_backend}"}
-    if harness_config.in_process:
-        record = run_onnx_case(onnx_case, onnx_backend, **options)
-    else:
-        record = onnx_workers(onnx_backend).run(onnx_case, onnx_backend, **options)
-    harness_config.store.append(record)
-    harness_config.records.append(record)
-    apply_outcome(record)
+    case = CaseRequest(f"onnx:{onnx_case.id}", onnx_backend, Precision.FP32, suite=SUITE,
+                       test_id=f"{onnx_case.id}-{onnx_backend}")
+    record = harness_run(case)
     assert record.status == Status.PASS.value, f"{record.status}: {record.reason}"

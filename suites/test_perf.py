@@ -35,7 +35,7 @@ def test_perf(case, harness_run, harness_config):
     assert record.status == "pass", f"{record.status}: {record.reason}"
     latency = record.latency
     assert latency is not None, "a passing perf case must carry its latency"
-    assert latency["n"] >= harness_config.measure["min_iterations"]
+    assert latency["n"] >= harness_config.measure.min_iterations
     assert latency["p50_ms"] > 0
     assert record.throughput, "the throughput sweep produced no entry"
     if not harness_config.in_process:

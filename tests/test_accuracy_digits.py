@@ -7,10 +7,11 @@ import pytest
 
 pytest.importorskip("sklearn", reason="digits_cnn: pip install scikit-learn (extra 'zoo')")
 
-from harness.inputs import calibration_set, input_sets
-from harness.reference import run_torch
-from harness.runner import CaseRequest, run_case
-from harness.types import Precision
+from harness.core.options import CaseRequest
+from harness.core.types import Precision
+from harness.model.inputs import calibration_set, input_sets
+from harness.model.reference import run_torch
+from harness.run.case import run_case
 from model_zoo import digits, get_model
 
 
@@ -65,8 +66,8 @@ def test_calibration_and_input_sets_are_domain_data():
 
 
 def test_int8_keeps_99_percent_of_fp32_accuracy_on_ort():
-    fp32 = run_case(CaseRequest("digits_cnn", "ort", Precision.FP32, options={"accuracy": True}))
-    int8 = run_case(CaseRequest("digits_cnn", "ort", Precision.INT8, options={"accuracy": True}))
+    fp32 = run_case(CaseRequest("digits_cnn", "ort", Precision.FP32, accuracy=True))
+    int8 = run_case(CaseRequest("digits_cnn", "ort", Precision.INT8, accuracy=True))
     assert fp32.status == "pass", fp32.reason
     assert int8.executed_precision == "int8", int8.executed_precision
     assert fp32.accuracy >= 0.95

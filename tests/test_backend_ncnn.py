@@ -11,11 +11,12 @@ import torch
 from torch import nn
 
 from harness import backends
-from harness.errors import UnsupportedPrecision
-from harness.export import ExportedModel
-from harness.inputs import calibration_set
-from harness.runner import CaseRequest, run_case
-from harness.types import Precision, Status, TensorSpec
+from harness.core.errors import UnsupportedPrecision
+from harness.core.options import CaseRequest
+from harness.core.types import Precision, Status, TensorSpec
+from harness.model.export import ExportedModel
+from harness.model.inputs import calibration_set
+from harness.run.case import run_case
 from model_zoo import get_model, register_model
 
 CI_MODELS = ["resnet_tiny", "srcnn_tiny", "mobilenet_tiny", "transformer_tiny", "lstm_tiny"]
@@ -213,7 +214,7 @@ def test_int8_old_ncnn2table_without_npy_mode_is_unsupported(monkeypatch: pytest
 def test_int8_readback_counts_layers_with_int8_scale_terms(tmp_path: Path) -> None:
     """The int8 audit parses the .param ncnn loads: compute layers with an int8_scale_term count as int8."""
     from harness.backends import _ncnn_tools as nt
-    from harness.precision import summarize
+    from harness.core.precision import summarize
 
     param = tmp_path / "m.param"
     param.write_text("7767517\n5 5\nInput in0 0 1 in0\n"

@@ -12,14 +12,15 @@ import pytest
 from harness import backends
 from harness.backends._ov_audit import has_attention
 from harness.backends.openvino import OpenVinoBackend
-from harness.errors import BackendUnavailable, ConversionError, UnsupportedPrecision
-from harness.export import ExportedModel
-from harness.inputs import calibration_set, make_feeds
-from harness.precision import compute_types, normalize, precision_match
-from harness.reference import run_torch
-from harness.results import cpu_flags
-from harness.runner import CaseRequest, run_case
-from harness.types import Precision, Status
+from harness.core.errors import BackendUnavailable, ConversionError, UnsupportedPrecision
+from harness.core.machine import cpu_flags
+from harness.core.options import CaseRequest
+from harness.core.precision import compute_types, normalize, precision_match
+from harness.core.types import Precision, Status
+from harness.model.export import ExportedModel
+from harness.model.inputs import calibration_set, make_feeds
+from harness.model.reference import run_torch
+from harness.run.case import run_case
 from model_zoo import get_model
 
 pytestmark = pytest.mark.skipif(OpenVinoBackend().unavailable_reason() is not None,

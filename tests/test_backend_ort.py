@@ -6,8 +6,9 @@ import onnx
 import pytest
 import torch
 
-from harness.runner import CaseRequest, run_case
-from harness.types import Precision, TensorSpec
+from harness.core.options import CaseRequest
+from harness.core.types import Precision, TensorSpec
+from harness.run.case import run_case
 from model_zoo import register_model
 
 pytest.importorskip("onnxruntime", reason="ort: Python package 'onnxruntime' not installed")
@@ -75,7 +76,7 @@ def test_a_model_right_only_on_its_export_example_does_not_pass():
 
 def test_full_range_u8s8_saturation_is_caught_on_cpus_without_vnni(monkeypatch):
     """ORT's documented u8s8 saturation (no VNNI): the harness must report it, not pass it."""
-    from harness.backends.onnxruntime import int8_reduce_range
+    from harness.backends._ort_quant import reduce_range_needed as int8_reduce_range
 
     if not int8_reduce_range():
         pytest.skip("this CPU has VNNI (or is not x86): u8s8 does not saturate here")

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from harness import backends
-from harness import trt_support as ts
-from harness.errors import BackendUnavailable
-from harness.precision import compute_types, summarize
-from harness.types import Precision, TensorSpec
+from harness.backends import _trt_tools as ts
+from harness.core.cache import feeds_digest
+from harness.core.errors import BackendUnavailable
+from harness.core.precision import compute_types, summarize
+from harness.core.types import Precision, TensorSpec
 
 if TYPE_CHECKING:
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
 
 EXACT_NOT_INSTALLED = ("trt: Python package 'tensorrt' not installed (pip install -e '.[trt]'; "
                        "needs an NVIDIA GPU with CUDA)")
@@ -33,7 +34,7 @@ TRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
 
 
 def test_module_imports_without_tensorrt() -> None:
-    code = ("import sys, harness.backends.tensorrt, harness.trt_support; "
+    code = ("import sys, harness.backends.tensorrt, harness.backends._trt_tools; "
             "bad = [m for m in ('tensorrt', 'cuda') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -96,7 +97,7 @@ def _create_with_fake_tensorrt(tmp_path: Path, init_source: str) -> str:
     (fake / "__init__.py").write_text(init_source)
     code = textwrap.dedent("""
         from harness import backends
-        from harness.errors import BackendUnavailable
+        from harness.core.errors import BackendUnavailable
         try:
             backends.create("trt")
         except BackendUnavailable as exc:
@@ -140,7 +141,7 @@ def test_profile_shapes_of_zoo_models() -> None:
 
 
 def test_profile_shapes_share_axes_across_inputs() -> None:
-    from model_zoo.registry import ModelSpec
+    from harness.core.spec import ModelSpec
 
     spec = ModelSpec(name="two_inputs", factory=lambda: None, inputs=(
         TensorSpec("x", ("batch", "seq", 4)), TensorSpec("mask", ("batch", "seq"), "int64")),
@@ -192,10 +193,10 @@ def test_calibration_batches_errors_say_what_is_wrong() -> None:
 
 def test_calibration_digest_follows_content() -> None:
     a, b = _feeds(3), _feeds(3)
-    assert ts.calibration_digest(a) == ts.calibration_digest(b)
+    assert feeds_digest(a) == feeds_digest(b)
     b[1]["x"] = b[1]["x"] + 1e-6
-    assert ts.calibration_digest(a) != ts.calibration_digest(b)
-    assert ts.calibration_digest(a) != ts.calibration_digest(a[:2])
+    assert feeds_digest(a) != feeds_digest(b)
+    assert feeds_digest(a) != feeds_digest(a[:2])
 
 
 def test_calibration_cache_read_write(tmp_path: Path) -> None:
@@ -320,7 +321,7 @@ def test_inspector_without_formats_is_unknown() -> None:
 
 @pytest.fixture(scope="module")
 def resnet_tiny(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
     from model_zoo import get_model
 
     return ExportedModel(get_model("resnet_tiny"), root=tmp_path_factory.mktemp("trt-cache"))
@@ -330,10 +331,10 @@ def test_qdq_onnx_is_what_tensorrt_accepts_and_stays_accurate(resnet_tiny: Expor
     import onnx
     import onnxruntime as ort
 
-    from harness.backends.onnxruntime import _quantize_static
-    from harness.compare import compare
-    from harness.inputs import calibration_set, input_sets
-    from harness.reference import references
+    from harness.backends._ort_quant import static_qdq
+    from harness.core.compare import compare
+    from harness.model.inputs import calibration_set, input_sets
+    from harness.model.reference import references
 
     spec = resnet_tiny.spec
     calibration = calibration_set(spec)
@@ -347,7 +348,7 @@ def test_qdq_onnx_is_what_tensorrt_accepts_and_stays_accurate(resnet_tiny: Expor
     # ORT's CPU recipe (u8 asymmetric activations) is exactly what TensorRT's parser rejects
     ort_cpu = tmp_path / "ort" / "model.onnx"
     ort_cpu.parent.mkdir()
-    _quantize_static(resnet_tiny.onnx_path, ort_cpu, calibration)
+    static_qdq(resnet_tiny.onnx_path, ort_cpu, calibration)
     violations = ts.trt_qdq_violations(ort_cpu)
     assert violations
     assert any("uint8" in v for v in violations), violations
@@ -376,7 +377,8 @@ def test_qdq_onnx_is_what_tensorrt_accepts_and_stays_accurate(resnet_tiny: Expor
 def test_resnet_tiny_on_gpu(precision: Precision, int8_mode: str, monkeypatch: pytest.MonkeyPatch,
                             tmp_path: Path) -> None:
     from harness.backends.tensorrt import TrtBackend
-    from harness.runner import CaseRequest, run_case
+    from harness.core.options import CaseRequest
+    from harness.run.case import run_case
 
     reason = TrtBackend().unavailable_reason()
     if reason is not None:

@@ -293,9 +293,10 @@ def test_nan_outputs_are_nonfinite_never_a_pass(fault_run):
 
 @needs_ort
 def test_truncated_cached_onnx_is_detected_and_rebuilt(tmp_path, monkeypatch):
-    from harness.export import sha256_file
-    from harness.runner import CaseRequest, run_case
-    from harness.types import Precision
+    from harness.core.cache import sha256_file
+    from harness.core.options import CaseRequest
+    from harness.core.types import Precision
+    from harness.run.case import run_case
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     request = CaseRequest("lstm_tiny", "ort", Precision.FP32)
@@ -316,7 +317,7 @@ def test_truncated_cached_onnx_is_detected_and_rebuilt(tmp_path, monkeypatch):
 
 def test_cache_rejects_a_same_size_corruption(tmp_path):
     """The check is a content hash, not a size check: one flipped byte is caught too."""
-    from harness.export import cached
+    from harness.core.cache import cached
 
     builds = []
 
@@ -382,7 +383,7 @@ def test_weights_are_never_unpickled_unsafely():
 
 
 def test_cache_sidecar_is_sha256_of_the_bytes(tmp_path):
-    from harness.export import cached
+    from harness.core.cache import cached
 
     target = cached(tmp_path / "x.onnx", lambda p: p.write_bytes(b"abc"))
     assert target.with_name("x.onnx.sha256").read_text().strip() == hashlib.sha256(b"abc").hexdigest()

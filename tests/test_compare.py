@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.compare import Tolerance, compare, compare_output, cosine_similarity, fp64_error_ratio, merge
+from harness.core.compare import Tolerance, compare, compare_output, cosine_similarity, fp64_error_ratio, merge
 
 TIGHT = Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999)
 

@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.core.record import Record
 from harness.report import FailOn, FailOnSyntaxError, compare_runs, parse_fail_on
 from harness.report.thresholds import bootstrap_test, slower_test
-from harness.results import Record, ResultStore, read_records
+from harness.results import ResultStore, read_records
 
 RUNS = Path(__file__).parent / "data" / "runs"
 RUN_A = RUNS / "run-a"

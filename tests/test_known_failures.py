@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from harness.core.types import Precision
 from harness.results import read_records
-from harness.types import Precision
 from model_zoo import KnownFailure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +167,7 @@ def test_known_failure_expiry(failure, version, today, active):
 
 
 def test_known_failure_patterns_match_backend_and_precision():
-    from model_zoo.registry import ModelSpec
+    from harness.core.spec import ModelSpec
 
     spec = ModelSpec(name="x", factory=object, inputs=(), known_failures={
         "ort:int8": KnownFailure("a"), "ov": KnownFailure("b"), "*:fp16": KnownFailure("c")})

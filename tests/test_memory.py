@@ -1,4 +1,4 @@
-"""harness.memory: the kernel's RSS high-water mark, reset and read in-process and in a case's child process."""
+"""harness.run.memory: the kernel's RSS high-water mark, reset and read in-process and in a case's child process."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from harness import memory
-from harness.runner import CaseRequest
-from harness.types import Precision
-from harness.worker import run_in_subprocess
+from harness.core.options import CaseRequest
+from harness.core.types import Precision
+from harness.exec.supervisor import run_in_subprocess
+from harness.run import memory
 
 linux_only = pytest.mark.skipif(not memory.reset_peak(), reason="needs /proc/self/clear_refs (Linux)")
 ALLOC_MB = 200
@@ -47,7 +47,7 @@ def test_usage_arithmetic_and_dict():
 
 SMALL_PARENT = """
 import os, subprocess, sys
-from harness import memory
+from harness.run import memory
 baseline = memory.idle_child_baseline_mb(imports=("numpy",))
 code = "import numpy as np; from harness import memory; memory.reset_peak(); b = memory.current_rss_mb(); " \\
        "a = np.ones(%d * 2**20 // 8); del a; print(memory.peak_rss_mb() - b)"

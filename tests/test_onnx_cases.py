@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,19 +15,18 @@ pytest.importorskip("onnxruntime")
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from harness.onnx_cases import (
-    CI_CASES,
-    SUITE,
-    OnnxCase,
-    describe,
-    discover,
-    pass_counts,
-    run_onnx_case,
-    scoreboard,
-    select,
-)
-from harness.results import Record
-from harness.types import Precision, Status
+from harness.core.options import CaseRequest
+from harness.core.types import Precision
+from harness.model.onnx_files import CI_CASES, SUITE, OnnxCase, case_spec, describe, discover, select
+from harness.run.case import run_case
+from model_zoo.registry import add_model
+
+
+def run_onnx_case(case: OnnxCase, backend: str, **options) -> object:
+    """Register ``case`` as the model ``onnx:<id>`` and run it through the one case loop."""
+    name = f"onnx:{case.id}"
+    add_model(case_spec(case, name=name))
+    return run_case(CaseRequest(name, backend, Precision.FP32, suite=SUITE, test_id=f"{case.id}-{backend}", **options))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +56,8 @@ def test_node_case_passes_on_ort_and_the_record_says_where(cases):
     assert record.extra["case_set"] == "node"
     assert record.extra["opset"] >= 13
     assert record.metrics["max_abs"] == 0.0
-    assert record.input_sets == ["test_data_set_0"]
+    assert record.input_sets == ["golden-0"]
+    assert record.model == "onnx:node-test_abs"
 
 
 def _copy_case(case: OnnxCase, tmp_path: Path) -> OnnxCase:
@@ -112,8 +111,9 @@ def test_engine_rejections_are_classified_with_the_engine_message(tmp_path):
 
 
 def test_light_model_runs_through_the_zoo_path_against_its_golden_output():
-    from harness.export import ExportedModel
-    from harness.runner import CaseRequest, run_case
+    from harness.core.options import CaseRequest
+    from harness.model.export import ExportedModel
+    from harness.run.case import run_case
     from model_zoo import get_model
     from model_zoo.registry import add_model
 
@@ -145,50 +145,12 @@ def test_light_specs_name_the_graph_inputs_and_outputs():
         assert case.outputs == (out,), name
 
 
-def fault_runner(case: OnnxCase, backend: str, **options) -> Record:
-    """Test-only worker runner: segfaults for backend 'fault-segv', hangs for 'fault-hang', else the real path."""
-    if backend == "fault-segv":
-        from harness.backends._fault import crash_now
+def test_supervisor_runs_onnx_cases_in_one_reused_child_and_survives_a_crash():
+    """The suite's path: ONNX cases through harness.exec, one child reused; a crash costs one case."""
+    from harness.exec.supervisor import run_in_subprocess
 
-        crash_now("segv")
-    if backend == "fault-hang":
-        time.sleep(3600)
-    return run_onnx_case(case, backend, **options)
-
-
-def test_worker_turns_a_crash_and_a_hang_into_statuses_and_carries_on(cases):
-    from harness.onnx_worker import CaseWorker
-
-    case = cases["node-test_abs"]
-    with CaseWorker(timeout_s=60, runner=fault_runner) as worker:
-        crashed = worker.run(case, "fault-segv", run_id="t")
-        assert crashed.status == "crash", crashed.reason
-        assert "SIGSEGV" in crashed.reason
-        assert crashed.extra["op_types"] == ["Abs"]
-        assert crashed.suite == SUITE
-        assert worker.run(case, "ort").status == "pass"
-        worker.timeout_s = 2
-        hung = worker.run(case, "fault-hang")
-        assert hung.status == "timeout", hung.reason
-        assert worker.restarts == 2
-
-
-def test_scoreboard_rates_by_engine_op_and_opset():
-    def rec(model: str, backend: str, status: str, ops: list[str], reason: str = "") -> Record:
-        return Record(run_id="r", model=model, backend=backend, precision="fp32", status=status, suite=SUITE,
-                      reason=reason, extra={"op_types": ops, "opset": 13, "case_set": "node"})
-
-    records = [rec("node-a", "ort", "pass", ["Abs"]), rec("node-b", "ort", "mismatch", ["Abs"], "y: off"),
-               rec("node-c", "ort", "unsupported", ["Foo", "Abs"], "no kernel"),
-               rec("node-d", "ort", "skipped", ["Abs"]),
-               rec("node-a", "ov", "pass", ["Abs"]), Record("r", "m", "ort", "fp32", "pass")]
-    board = scoreboard(records)
-    abs_ort = board[(board.backend == "ort") & (board.op_type == "Abs")].iloc[0]
-    assert (abs_ort.tests, abs_ort.passed, abs_ort.unsupported, abs_ort.failed) == (3, 1, 1, 1)
-    assert abs_ort.pass_rate == pytest.approx(1 / 3)
-    assert abs_ort.failing == "node-b: mismatch: y: off"
-    assert board[(board.backend == "ov")].pass_rate.tolist() == [1.0]
-    assert pass_counts(records) == {"ort": {"pass": 1, "mismatch": 1, "unsupported": 1, "skipped": 1},
-                                    "ov": {"pass": 1}}
-    assert scoreboard([]).empty
-    assert Status.PASS.value == "pass"
+    first = run_in_subprocess(CaseRequest("onnx:node-test_abs", "ort", Precision.FP32, suite=SUITE), timeout_s=300)
+    second = run_in_subprocess(CaseRequest("onnx:node-test_relu", "ort", Precision.FP32, suite=SUITE), timeout_s=300)
+    assert (first.status, second.status) == ("pass", "pass"), (first.reason, second.reason)
+    assert second.extra["worker"]["reused"], "the second case must reuse the first case's child"
+    assert second.extra["op_types"] == ["Relu"]

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from harness.results import Record, ResultStore, read_records
+from harness.core.record import Record
+from harness.results import ResultStore, read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 MISSING = [m for m in ("onnxruntime", "xdist") if importlib.util.find_spec(m) is None]

@@ -1,7 +1,7 @@
 """Does the harness measure what the engines' own tools measure?
 
 OpenVINO's ``benchmark_app`` (shipped in the openvino wheel) in sync mode, one
-stream, the same threads and shape, against ``harness.timing.measure`` on the
+stream, the same threads and shape, against ``harness.run.timing.measure`` on the
 harness's OpenVINO session of the same IR (converted from the ONNX export of
 ``mobilenet_tiny``). The assertion is on the ratio of medians, within a band
 wide enough for a shared 2-core machine; the measured numbers are printed
@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import backends, timing
-from harness.export import ExportedModel
-from harness.inputs import make_feeds
-from harness.types import Precision
+from harness import backends
+from harness.core.types import Precision
+from harness.model.export import ExportedModel
+from harness.model.inputs import make_feeds
+from harness.run import timing
 from model_zoo import get_model
 
 pytestmark = pytest.mark.perf
@@ -144,8 +145,8 @@ def test_onnx_flops_equal_torch_flop_counter(name):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.perf import model_flops
-    from harness.runner import CaseRequest
+    from harness.core.options import CaseRequest
+    from harness.run.perf import model_flops
 
     spec = get_model(name)
     counted = model_flops(CaseRequest(name, "ort", Precision.FP32), spec)
@@ -160,8 +161,8 @@ def test_onnx_flops_equal_torch_flop_counter(name):
 @pytest.mark.usefixtures("flops_cache")
 def test_onnx_flops_count_recurrent_layers():
     """FlopCounterMode does not see inside nn.LSTM; the ONNX count must: 2 x seq x batch x 4H x (I + H) per layer."""
-    from harness.perf import model_flops
-    from harness.runner import CaseRequest
+    from harness.core.options import CaseRequest
+    from harness.run.perf import model_flops
 
     spec = get_model("lstm_tiny")
     counted = model_flops(CaseRequest("lstm_tiny", "ort", Precision.FP32), spec)
@@ -174,7 +175,7 @@ def test_onnx_flops_count_recurrent_layers():
 
 
 def test_cpu_peak_scales_with_threads():
-    from harness.perf import cpu_peak_gflops
+    from harness.run.perf import cpu_peak_gflops
 
     full = cpu_peak_gflops(threads=2)
     if full is None:

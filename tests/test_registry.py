@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness import backends
-from harness.errors import HarnessError, UnknownNameError
-from harness.types import Precision, TensorSpec
+from harness.core.errors import HarnessError, UnknownNameError
+from harness.core.types import Precision, TensorSpec
 from model_zoo import KnownFailure, get_model, list_models, register_model
 from model_zoo.registry import _MODELS
 

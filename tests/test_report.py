@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.record import Record
 from harness.report import build_report, trend_report
 from harness.report.load import latest, load_runs
-from harness.results import Record, ResultStore
+from harness.results import ResultStore
 
 RUNS = Path(__file__).parent / "data" / "runs"
 EVIL = "<img src=x onerror=alert(1)>"

@@ -8,7 +8,9 @@ import multiprocessing as mp
 
 import pytest
 
-from harness.results import Record, ResultStore, machine_fingerprint, read_records
+from harness.core.machine import machine_fingerprint
+from harness.core.record import Record
+from harness.results import ResultStore, read_records
 
 
 def _record(i: int = 0, **kw) -> Record:

@@ -1,4 +1,4 @@
-"""harness.timing: the timed loop's stopping rules and statistics, on callables of known duration."""
+"""harness.run.timing: the timed loop's stopping rules and statistics, on callables of known duration."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from harness.timing import RECORD_SAMPLES, Latency, bare_loop_ms, measure, summarize, thin
+from harness.run.timing import RECORD_SAMPLES, Latency, bare_loop_ms, measure, summarize, thin
 
 SLEEP_S = 0.005
 

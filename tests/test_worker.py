@@ -20,10 +20,12 @@ import pytest
 import torch
 from torch import nn
 
+from harness.cli import run_one_cli
+from harness.core.options import CaseRequest, ExportOptions, MeasureOptions
+from harness.core.types import Precision, TensorSpec
+from harness.exec.supervisor import request_from_json, request_to_json, run_in_subprocess
 from harness.results import read_records
-from harness.runner import CaseRequest, run_case
-from harness.types import Precision, TensorSpec
-from harness.worker import request_from_json, request_to_json, run_in_subprocess, run_one_cli
+from harness.run.case import run_case
 from model_zoo import register_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,8 +57,8 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def test_request_round_trips_through_json():
     req = CaseRequest("resnet_tiny", "ort", Precision.INT8, run_id="r1", suite="perf", threads=2,
-                      zoo_files=("/x/zoo.py",), measure={"min_time_s": 1.0, "batches": [1, 8]}, test_id="t",
-                      options={"export": {"opset": 18}})
+                      zoo_files=("/x/zoo.py",), measure=MeasureOptions(min_time_s=1.0, batches=(1, 8)), test_id="t",
+                      export=ExportOptions(opset=18))
     back = request_from_json(request_to_json(req))
     assert back == req
     assert back.precision is Precision.INT8
@@ -94,7 +96,7 @@ def test_conformance_cases_share_a_child_measured_cases_get_their_own(monkeypatc
     first, second = run_in_subprocess(plain, timeout_s=300), run_in_subprocess(plain, timeout_s=300)
     crashed = run_in_subprocess(CaseRequest("resnet_tiny", "_fault_crash", Precision.FP32), timeout_s=300)
     after = run_in_subprocess(plain, timeout_s=300)
-    measured = run_in_subprocess(replace(plain, measure={"min_time_s": 0.1}), timeout_s=300)
+    measured = run_in_subprocess(replace(plain, measure=MeasureOptions(min_time_s=0.1)), timeout_s=300)
     assert [r.status for r in (first, second, crashed, after, measured)] == ["pass", "pass", "crash", "pass", "pass"]
     assert second.extra["worker"]["pid"] == first.extra["worker"]["pid"]
     assert second.extra["worker"]["case_index"] == 1
@@ -127,7 +129,8 @@ def test_model_producing_nan_is_nonfinite_never_pass():
 
 WRITER = """
 import sys
-from harness.results import Record, ResultStore
+from harness.core.record import Record
+from harness.results import ResultStore
 store = ResultStore(sys.argv[1], "killed")
 for i in range(100000):
     store.append(Record(run_id="killed", model=f"m{i}", backend="ort", precision="fp32", status="pass",
@@ -178,8 +181,8 @@ def test_cli_measures_in_a_child_and_prints_the_record(capsys):
 
 
 def test_parent_never_imports_an_engine_sdk():
-    code = ("import sys; from harness.worker import run_in_subprocess; from harness.runner import CaseRequest;"
-            "from harness.types import Precision;"
+    code = ("import sys; from harness.exec.supervisor import run_in_subprocess; from harness.core.options import CaseRequest;"
+            "from harness.core.types import Precision;"
             "r = run_in_subprocess(CaseRequest('resnet_tiny', 'ort', Precision.FP32), timeout_s=300);"
             "print(r.status, sorted(m for m in ('onnxruntime', 'openvino', 'ncnn', 'tensorrt') if m in sys.modules))")
     start = time.perf_counter()

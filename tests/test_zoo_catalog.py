@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from harness.errors import UnknownNameError
-from harness.runner import CaseRequest, run_case
-from harness.types import Precision
-from model_zoo import catalog, get_model
+from harness.core.errors import UnknownNameError
+from harness.core.options import CaseRequest
+from harness.core.types import Precision
+from harness.run.case import run_case
+from model_zoo import catalog, get_model, listing
 from model_zoo.registry import _MODELS, _UNAVAILABLE, ModelUnavailable
 
 
@@ -94,7 +95,7 @@ def test_resolver_loads_local_weights_when_present(fake_torchvision, tmp_path, m
 
 
 def test_describe_counts_parameters_and_flops():
-    rows = {r["name"]: r for r in catalog.describe(["loop_traced", "warp_tiny"])}
+    rows = {r["name"]: r for r in listing.describe(["loop_traced", "warp_tiny"])}
     loop = rows["loop_traced"]
     assert loop["params"] == 16 * 16 + 16
     assert loop["flops"] == 4 * 2 * 2 * 16 * 16  # 4 steps of a 2x16 @ 16x16 matmul, 2 FLOPs per multiply-add
@@ -107,8 +108,8 @@ def test_describe_counts_parameters_and_flops():
 
 def test_format_table_lists_unavailable_models_with_their_reason(monkeypatch):
     monkeypatch.setitem(_UNAVAILABLE, "absent_model", "absent_model: pip install something (extra 'zoo')")
-    rows = catalog.describe(["loop_traced", "absent_model"])
-    table = catalog.format_table(rows).splitlines()
+    rows = listing.describe(["loop_traced", "absent_model"])
+    table = listing.format_table(rows).splitlines()
     assert table[0].split() == ["model", "params", "FLOPs", "inputs", "tags"]
     assert table[1].split()[:3] == ["loop_traced", "272", "4.10k"]
     assert table[2].startswith("absent_model")

@@ -8,11 +8,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from harness.errors import ExportError
-from harness.export import ExportedModel
-from harness.inputs import input_sets
-from harness.runner import CaseRequest, run_case
-from harness.types import Precision
+from harness.core.errors import ExportError
+from harness.core.options import CaseRequest, ExportOptions
+from harness.core.types import Precision
+from harness.model.export import ExportedModel
+from harness.model.inputs import input_sets
+from harness.run.case import run_case
 from model_zoo import get_model, list_models
 from model_zoo import seeds as seeds_module
 
@@ -115,7 +116,7 @@ def test_warp_needs_opset_16_for_grid_sample():
     export = ExportedModel(spec, opset=16).onnx
     assert export.opset == 16
     assert "GridSample" in _ops(_graph(ExportedModel(spec, opset=16)))
-    record = run_case(CaseRequest("warp_tiny", "ort", Precision.FP32, options={"export": {"opset": 16}}))
+    record = run_case(CaseRequest("warp_tiny", "ort", Precision.FP32, export=ExportOptions(opset=16)))
     assert record.status == "pass", record.reason
 
 
@@ -176,7 +177,7 @@ def test_minilm_wordpiece_matches_the_shipped_tokenizer():
 def test_minilm_matches_sentence_transformers():
     minilm = _need_minilm()
     st = pytest.importorskip("sentence_transformers", reason="sentence-transformers not installed")
-    from harness.reference import run_torch
+    from harness.model.reference import run_torch
 
     texts = list(minilm.sentences()[:8])
     expected = st.SentenceTransformer(str(minilm.model_dir()), device="cpu").encode(texts, convert_to_numpy=True)
@@ -189,7 +190,7 @@ def test_minilm_matches_sentence_transformers():
 @pytest.mark.slow
 def test_minilm_torchscript_export_keeps_sequence_length_dynamic():
     _need_minilm()
-    record = run_case(CaseRequest("minilm", "ort", Precision.FP32, options={"accuracy": True}))
+    record = run_case(CaseRequest("minilm", "ort", Precision.FP32, accuracy=True))
     assert record.status == "pass", record.reason
     assert {"random[batch=1,seq=7]", "padded-batch-2"} <= set(record.input_sets)
     assert record.accuracy > 0.99999

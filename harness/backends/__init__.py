@@ -12,7 +12,8 @@ import pkgutil
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING
 
-from harness.errors import BackendUnavailable, UnknownNameError
+from harness.core.errors import BackendUnavailable, UnknownNameError
+from harness.core.types import backend_sort_key
 
 if TYPE_CHECKING:
     from harness.backends.base import Backend
@@ -66,9 +67,15 @@ def get(name: str) -> type[Backend]:
 def names(include_hidden: bool = False) -> list[str]:
     """Canonical names of registered backends, in a stable order."""
     _discover()
-    order = ["torch", "ort", "ov", "ncnn", "trt"]
     found = [n for n, c in _REGISTRY.items() if include_hidden or not c.hidden]
-    return sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
+    return sorted(found, key=backend_sort_key)
+
+
+def describe_names() -> str:
+    """``torch, ort, ov, ... (aliases onnxruntime=ort, ...)`` for help texts, from the registry."""
+    _discover()
+    aliases = ", ".join(f"{a}={c}" for a, c in sorted(_ALIASES.items()))
+    return ", ".join(names()) + (f" (aliases {aliases})" if aliases else "")
 
 
 def available() -> list[str]:

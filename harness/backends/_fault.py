@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from harness.backends.base import Backend, Session
-from harness.reference import run_torch
-from harness.types import Feeds, Precision
+from harness.core.types import Feeds, Precision
+from harness.model.reference import run_torch
 
 if TYPE_CHECKING:
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
 
 FAULT_ENV = "HARNESS_FAULT"
 ALLOC_ENV = "HARNESS_FAULT_ALLOC_MB"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.errors import ConversionError, UnsupportedPrecision
-from harness.types import Feeds, TensorSpec
+from harness.core.errors import ConversionError, UnsupportedPrecision
+from harness.core.types import Feeds, TensorSpec
 
 TOOLS = ("ncnn2table", "ncnn2int8")
 INSTALL_HINT = ("build ncnn from source (tools/quantize) and put them on PATH or set NCNN_TOOLS=<dir>")

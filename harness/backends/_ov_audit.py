@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.precision import normalize, summarize
+from harness.core.precision import normalize, summarize
 
 COMPUTE_LAYERS = frozenset({
     "Convolution", "GroupConvolution", "Deconvolution", "BinaryConvolution", "FullyConnected", "MatMul", "Gemm",
@@ -34,7 +34,7 @@ class Audit:
     """What the runtime model says ran.
 
     Attributes:
-        executed: ``harness.precision.summarize`` of the compute layers' kernel types.
+        executed: ``harness.core.precision.summarize`` of the compute layers' kernel types.
         kernel_precisions: layer type -> {kernel type: count} for compute layers.
         runtime_precisions: layer type -> {``runtimePrecision`` as reported: count} for compute layers.
         fp16_weights_fp32_kernels: compute layers whose weights are f16 but whose kernel is f32.

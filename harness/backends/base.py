@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from harness.types import Feeds, Precision
+from harness.core.types import Feeds, Precision
 
 if TYPE_CHECKING:
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
 
 
 class Session(ABC):
@@ -112,16 +112,6 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def module_version(module_name: str) -> str:
-    """Installed distribution version of a package, or 'not installed'."""
-    from importlib import metadata
-
-    try:
-        return metadata.version(module_name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def missing_package_reason(backend: str, *modules: str) -> str | None:
     """'<backend>: Python package X not installed (pip install ...)' for the first missing module."""
     import importlib.util
@@ -134,10 +124,3 @@ def missing_package_reason(backend: str, *modules: str) -> str | None:
         if not found:
             return f"{backend}: Python package {mod!r} not installed (pip install -e '.[{backend}]')"
     return None
-
-
-def as_numpy_outputs(names: Sequence[str], values: Sequence[Any] | Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Pair output names with values as owned host arrays."""
-    if isinstance(values, Mapping):
-        return {k: np.array(v, copy=True) for k, v in values.items()}
-    return {n: np.array(v, copy=True) for n, v in zip(names, values, strict=True)}

@@ -35,14 +35,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from harness.backends import _ncnn_tools as tools
-from harness.backends.base import Backend, Session, missing_package_reason, module_version
-from harness.errors import ConversionError, ExportError, UnsupportedPrecision
-from harness.export import cached
-from harness.precision import summarize
-from harness.types import Feeds, Precision, TensorSpec
+from harness.backends.base import Backend, Session, missing_package_reason
+from harness.core.cache import cached, feeds_digest
+from harness.core.errors import ConversionError, ExportError, UnsupportedPrecision
+from harness.core.machine import module_version
+from harness.core.precision import summarize
+from harness.core.types import Feeds, Precision, TensorSpec
 
 if TYPE_CHECKING:
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
 
 PNNX_TIMEOUT_S = 1800
 BATCH_NOTE = "ncnn Mat has no batch axis: batch > 1 runs one element at a time, outputs stacked"
@@ -165,10 +166,8 @@ class NcnnBackend(Backend):
         digest = hashlib.sha256(param.read_bytes())
         for tool in sorted(found):  # another build of the tools makes another artifact
             digest.update(found[tool].read_bytes())
-        for feeds in calibration:
-            for k in sorted(feeds):
-                digest.update(k.encode() + np.ascontiguousarray(feeds[k]).tobytes())
-        out = model.artifact(f"ncnn-int8-{digest.hexdigest()[:12]}.ncnn.param")
+        key = feeds_digest(calibration, salt=digest.hexdigest(), length=12)
+        out = model.artifact(f"ncnn-int8-{key}.ncnn.param")
         return cached(out, lambda tmp: tools.quantize(found, param, param.with_suffix(".bin"), tmp, calibration,
                                                       model.spec.inputs, self.threads), extra_files=(".bin",))
 
@@ -243,19 +242,17 @@ def _pnnx_build(model: ExportedModel, tmp: Path, fp16: bool) -> dict[str, Any]:
     """Trace ``model`` and convert it with pnnx into ``tmp`` (.param) and ``tmp.with_suffix('.bin')``."""
     import torch
 
+    from harness.model.reference import mha_fastpath_disabled
+
     args = _trace_inputs(model)
     folder, pt = tmp.parent, tmp.parent / "model.pt"
     start = time.perf_counter()
-    previous = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)  # else aten::_transformer_encoder_layer_fwd breaks pnnx
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
+    try:  # the MHA fast path's aten::_transformer_encoder_layer_fwd breaks pnnx
+        with torch.no_grad(), warnings.catch_warnings(), mha_fastpath_disabled():
             warnings.simplefilter("ignore")
             torch.jit.trace(model.module(), args, check_trace=False).save(str(pt))
     except Exception as exc:
         raise ExportError(f"torch.jit.trace (for pnnx) failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        torch.backends.mha.set_fastpath_enabled(previous)
     trace_s = time.perf_counter() - start
     shape1 = _shape_arg(model, args, model.spec.default_sizes())
     second = {k: v[1] if len(v) > 1 else v[0] for k, v in model.spec.dynamic_sizes.items()}
@@ -350,7 +347,7 @@ def _executed(precision: Precision, param: Path, net: Any, settings: dict[str, A
 
 def _output_ranks(model: ExportedModel) -> list[int]:
     """Ranks of the torch outputs at batch 1 (ncnn outputs lack the batch axis)."""
-    from harness.reference import run_torch
+    from harness.model.reference import run_torch
 
     feeds = {t.name: a.numpy() for t, a in zip(model.spec.inputs, _trace_inputs(model), strict=True)}
     outs = run_torch(model.module(), feeds, model.input_names, model.output_names)

@@ -10,24 +10,25 @@ compute kernel that really ran after graph optimization.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from harness.backends.base import Backend, Session, missing_package_reason, module_version
-from harness.errors import ConversionError
-from harness.export import cached
-from harness.precision import summarize
-from harness.types import Feeds, Precision
+from harness.backends import _ort_quant as quant
+from harness.backends.base import Backend, Session, missing_package_reason
+from harness.core.cache import cached, feeds_digest
+from harness.core.errors import ConversionError
+from harness.core.machine import module_version
+from harness.core.precision import summarize
+from harness.core.types import Feeds, Precision
 
 if TYPE_CHECKING:
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul", "NhwcFusedConv",
                "QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "LSTM", "GRU", "RNN",
@@ -138,22 +139,18 @@ class OrtBackend(Backend):
         return summarize(counts)
 
     def _int8(self, model: ExportedModel, calibration: Sequence[Feeds]) -> tuple[Path, dict[str, Any]]:
-        digest = hashlib.sha256()
-        for feeds in calibration:
-            for k in sorted(feeds):
-                digest.update(k.encode() + np.ascontiguousarray(feeds[k]).tobytes())
-        reduce_range = int8_reduce_range()
-        key = digest.hexdigest()[:12] + ("-rr" if reduce_range else "")
+        reduce_range = quant.reduce_range_needed()
+        key = feeds_digest(calibration, length=12) + ("-rr" if reduce_range else "")
         recipe = {"recipe": "static QDQ, QUInt8 activations, QInt8 per-channel weights, MinMax calibration",
                   "calibration_samples": len(calibration), "quant_pre_process": True, "reduce_range": reduce_range}
         try:
             path = cached(model.artifact(f"ort-int8-static-{key}.onnx"),
-                          lambda tmp: _quantize_static(model.onnx_path, tmp, calibration, reduce_range=reduce_range))
+                          lambda tmp: quant.static_qdq(model.onnx_path, tmp, calibration, reduce_range=reduce_range))
             return path, recipe
         except Exception as exc:
             static_error = f"{type(exc).__name__}: {exc}"
         try:
-            path = cached(model.artifact("ort-int8-dynamic.onnx"), lambda tmp: _quantize_dynamic(model.onnx_path, tmp))
+            path = cached(model.artifact("ort-int8-dynamic.onnx"), lambda tmp: quant.dynamic(model.onnx_path, tmp))
         except Exception as exc:
             raise ConversionError(f"ort int8: static quantization failed ({static_error}) and dynamic "
                                   f"quantization failed ({type(exc).__name__}: {exc})") from exc
@@ -207,52 +204,3 @@ def _load_problem(path: Path) -> str | None:
     return "onnxruntime refused it: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
 
 
-class _Reader:
-    """onnxruntime.quantization CalibrationDataReader over host feeds."""
-
-    def __init__(self, calibration: Sequence[Feeds]) -> None:
-        self._it: Iterator[Feeds] = iter(calibration)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        nxt = next(self._it, None)
-        return dict(nxt) if nxt is not None else None
-
-
-def int8_reduce_range() -> bool:
-    """7-bit weights on x86 CPUs without VNNI, as ONNX Runtime's quantization guide advises.
-
-    Without VNNI, ORT's u8s8 kernels use VPMADDUBSW, whose int16 intermediate
-    saturates: measured here (AVX2 EPYC), mobilenet_tiny's cosine drops to 0.968
-    at full range and is 0.99997 with reduce_range. ``HARNESS_ORT_REDUCE_RANGE=0|1``
-    overrides the choice.
-    """
-    env = os.environ.get("HARNESS_ORT_REDUCE_RANGE")
-    if env is not None:
-        return env.strip().lower() in ("1", "true", "yes")
-    import platform
-
-    from harness.results import cpu_flags
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return False
-    return not any("vnni" in f or f.startswith("amx") for f in cpu_flags())
-
-
-def _quantize_static(src: Path, out: Path, calibration: Sequence[Feeds], reduce_range: bool = False) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    pre = out.with_name("pre.onnx")
-    try:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-    except Exception:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=reduce_range,
-                    calibrate_method=CalibrationMethod.MinMax)
-
-
-def _quantize_dynamic(src: Path, out: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(out), weight_type=QuantType.QInt8)

@@ -25,13 +25,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from harness.backends._ov_audit import audit, has_attention
-from harness.backends.base import Backend, Session, module_version
-from harness.errors import ConversionError, UnsupportedPrecision
-from harness.export import cached
-from harness.types import Feeds, Precision
+from harness.backends.base import Backend, Session
+from harness.core.cache import cached, feeds_digest
+from harness.core.errors import ConversionError, UnsupportedPrecision
+from harness.core.machine import module_version
+from harness.core.types import Feeds, Precision
 
 if TYPE_CHECKING:
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
 
 SOURCES = ("onnx", "torch")
 SOURCE_ENV = "HARNESS_OV_SOURCE"
@@ -143,7 +144,7 @@ class OpenVinoBackend(Backend):
             raise UnsupportedPrecision(why)
         if not calibration:
             raise ConversionError("ov int8: NNCF post-training quantization needs calibration feeds and none were "
-                                  "given (the runner passes harness.inputs.calibration_set)")
+                                  "given (the runner passes harness.model.inputs.calibration_set)")
         import nncf
 
         ov_model = _read(fp32_ir)
@@ -153,7 +154,7 @@ class OpenVinoBackend(Backend):
                          f"subset_size={len(calibration)}, fast_bias_correction=True")
         log.update(nncf_version=module_version("nncf"), calibration_samples=len(calibration),
                    model_type="transformer" if transformer else "default")
-        key = _calibration_digest(calibration, f"{module_version('nncf')}|{transformer}")
+        key = feeds_digest(calibration, salt=f"{module_version('nncf')}|{transformer}", length=12)
 
         def quantize(tmp: Path) -> None:
             try:
@@ -262,7 +263,7 @@ def _from_torch(model: ExportedModel, log: dict[str, Any]) -> Any:
     import openvino as ov
     import torch
 
-    from harness.reference import mha_fastpath_disabled
+    from harness.model.reference import mha_fastpath_disabled
 
     feeds = model.example_feeds()
     example = tuple(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in model.input_names)
@@ -305,17 +306,6 @@ def _fix_io(ov_model: Any, model: ExportedModel) -> Any:
         except Exception as exc:
             raise ConversionError(f"ov: cannot give the IR the declared input shapes {wanted}: {exc}") from exc
     return ov_model
-
-
-def _calibration_digest(calibration: Sequence[Feeds], salt: str) -> str:
-    """Short hash of the calibration feeds (names, dtypes, shapes, bytes) and the quantizer settings."""
-    h = hashlib.sha256(salt.encode())
-    for feeds in calibration:
-        for name in sorted(feeds):
-            arr = np.ascontiguousarray(feeds[name])
-            h.update(f"{name}|{arr.dtype}|{arr.shape}".encode())
-            h.update(arr.tobytes())
-    return h.hexdigest()[:12]
 
 
 def _nncf_missing() -> str | None:

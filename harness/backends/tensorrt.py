@@ -8,9 +8,9 @@ implicit INT8). ``HARNESS_TRT_INT8=calibrator`` selects implicit INT8 with an
 ``IInt8EntropyCalibrator2`` and a calibration cache file instead. Dynamic axes
 become one optimization profile (min/opt/max from the model's declared sizes).
 The executed precision is read back from the engine inspector's per-layer JSON.
-Device buffers are torch CUDA tensors; ``TrtSession.sync()`` and
-``device_times_ms()`` (CUDA events) serve timing. GPU-free pieces live in
-``harness.trt_support``.
+Device buffers are torch CUDA tensors; ``TrtSession.sync()`` waits for the
+session's stream, so timing covers the device work. GPU-free pieces live in
+``harness.backends._trt_tools``.
 """
 
 from __future__ import annotations
@@ -23,15 +23,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from harness import trt_support as ts
-from harness.backends.base import Backend, Session, module_version
-from harness.errors import ConversionError, UnsupportedPrecision
-from harness.export import cached, sha256_file
-from harness.precision import summarize
-from harness.types import Feeds, Precision
+from harness.backends import _trt_tools as ts
+from harness.backends.base import Backend, Session
+from harness.core.cache import cached, feeds_digest, sha256_file
+from harness.core.errors import ConversionError, UnsupportedPrecision
+from harness.core.machine import module_version
+from harness.core.precision import summarize
+from harness.core.types import Feeds, Precision
 
 if TYPE_CHECKING:
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
 
 WORKSPACE_BYTES = 1 << 30
 INT8_MODES = ("qdq", "calibrator")
@@ -103,22 +104,6 @@ class TrtSession(Session):
         """Wait until all work queued on this session's stream has finished."""
         self.stream.synchronize()
 
-    def device_times_ms(self, feeds: Feeds, iterations: int = 50, warmup: int = 10) -> list[float]:
-        """GPU time of ``execute_async_v3`` alone (inputs resident), measured with CUDA events."""
-        torch = self._torch
-        with torch.cuda.device(self.device_index), torch.cuda.stream(self.stream):
-            self._bind(feeds)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            times = []
-            for i in range(warmup + iterations):
-                start.record(self.stream)
-                self.context.execute_async_v3(self.stream.cuda_stream)
-                end.record(self.stream)
-                end.synchronize()
-                if i >= warmup:
-                    times.append(start.elapsed_time(end))
-        return times
-
     def close(self) -> None:
         self._buffers.clear()
         self.context = None
@@ -161,7 +146,7 @@ class TrtBackend(Backend):
         gpu, capability = torch.cuda.get_device_name(idx), ".".join(map(str, torch.cuda.get_device_capability(idx)))
         shapes = ts.profile_shapes(model.spec)
         onnx_path, recipe = self._source(trt, model, precision, calibration)
-        calib = ts.calibration_digest(calibration) if precision is Precision.INT8 and calibration else None
+        calib = feeds_digest(calibration) if precision is Precision.INT8 and calibration else None
         onnx_sha = sha256_file(onnx_path)
         key = ts.engine_cache_key(onnx_sha, precision.value, trt.__version__, gpu, calibration=calib,
                                   capability=capability, int8_mode=recipe.get("int8_mode"), profiles=shapes,
@@ -205,7 +190,7 @@ class TrtBackend(Backend):
                                      "int8_mode": "implicit-calibrator",
                                      "recipe": "IInt8EntropyCalibrator2 over the shared calibration sets, batch 1",
                                      "calibration_samples": len(calibration)}
-        digest = ts.calibration_digest(calibration)
+        digest = feeds_digest(calibration)
         try:
             path = cached(model.artifact(f"trt-int8-qdq-{digest}.onnx"),
                           lambda tmp: ts.quantize_qdq(model.onnx_path, tmp, calibration))

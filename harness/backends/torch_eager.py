@@ -14,16 +14,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from harness.backends.base import Backend, Session, module_version
-from harness.errors import UnsupportedPrecision
-from harness.precision import summarize
-from harness.reference import run_torch
-from harness.types import Feeds, Precision
+from harness.backends.base import Backend, Session
+from harness.core.errors import UnsupportedPrecision
+from harness.core.machine import module_version
+from harness.core.precision import summarize
+from harness.core.types import Feeds, Precision
+from harness.model.reference import run_torch
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
 
 
 class TorchSession(Session):

@@ -6,8 +6,9 @@ network); ``compare_runs`` returns a :class:`CompareOutcome` whose ``exit_code``
 
 from __future__ import annotations
 
+from harness.report.compare_view import compare_runs
 from harness.report.dashboard import build_report
-from harness.report.regress import CaseDiff, CompareOutcome, Regression, compare_runs
+from harness.report.regress import CaseDiff, CompareOutcome, Regression
 from harness.report.thresholds import FailOn, FailOnSyntaxError, parse_fail_on
 from harness.report.trend import trend_report
 

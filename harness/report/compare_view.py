@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.report.page import Column, esc, figure, note, page, pesc, pwrap, section, table
+from harness.report.page import Column, figure, note, page, section, table
+from harness.report.regress import CompareOutcome, compare_outcome, diffs_frame
+from harness.report.text import esc, pesc, pwrap
 
 
 def _pct(value: Any) -> str:
@@ -57,7 +61,6 @@ def _change_figure(frame: Any) -> Any:
 def write_compare_html(out: Path, parts: dict[str, Any], exit_code: int) -> Path:
     """Write the comparison page and return its path."""
     from harness.report.dashboard import write_atomic
-    from harness.report.regress import diffs_frame
 
     frame = diffs_frame(parts["diffs"])
     regs = parts["regressions"]
@@ -88,3 +91,12 @@ def write_compare_html(out: Path, parts: dict[str, Any], exit_code: int) -> Path
         body += section("unmatched", "Unmatched cases", "", extra)
     nav = [("summary", "Summary"), ("latency", "Latency"), ("cases", "Cases")]
     return write_atomic(out, page("Run comparison", thresholds, body, nav=nav))
+
+
+def compare_runs(baseline: str | Path, current: str | Path, fail_on: Sequence[str] = ("p50:10%",),
+                 out: str | Path | None = None) -> CompareOutcome:
+    """``regress.compare_outcome`` plus the HTML view written to ``out`` when given."""
+    outcome = compare_outcome(baseline, current, fail_on)
+    if out is None:
+        return outcome
+    return replace(outcome, html=write_compare_html(Path(out), outcome.parts(), outcome.exit_code))

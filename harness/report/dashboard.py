@@ -11,19 +11,11 @@ from typing import Any
 
 import pandas as pd
 
+from harness.core.types import STATUS_ORDER
 from harness.report import figures, ops
-from harness.report.load import STATUS_ORDER, Runs, latest, load_runs
-from harness.report.page import (
-    Column,
-    esc,
-    figure,
-    fmt,
-    machine_selector,
-    note,
-    page,
-    section,
-    table,
-)
+from harness.report.load import Runs, latest, load_runs
+from harness.report.page import Column, figure, machine_selector, note, page, section, table
+from harness.report.text import esc, fmt
 
 VIEWS = [("run", "Run"), ("conformance", "Conformance"), ("latency", "Latency"), ("speedup", "Speed-up"),
          ("tradeoff", "Trade-off"), ("memory", "Memory"), ("operators", "Operators")]

@@ -12,8 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.load import STATUS_ORDER, combos
-from harness.report.page import STATUS_COLORS, fmt, pesc, pwrap
+from harness.core.types import STATUS_COLORS, STATUS_ORDER
+from harness.report.load import combos
+from harness.report.text import fmt, pesc, pwrap
 
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, Helvetica, Arial, sans-serif", "size": 12}
 _BACKEND_HUES = {"torch": ["#c2410c", "#f97316", "#fdba74"], "ort": ["#1d4ed8", "#3b82f6", "#93c5fd"],

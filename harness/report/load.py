@@ -4,29 +4,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from harness.results import Record, iter_run_dirs, read_records
+from harness.core.record import Record
+from harness.core.types import backend_sort_key, precision_sort_key
+from harness.results import iter_run_dirs, read_records
 
 CASE_KEY = ["machine_id", "model", "backend", "precision", "suite"]
 """Columns that identify one case on one machine (across runs)."""
 
-PASSING = frozenset({"pass", "fallback", "xpass"})
-"""Statuses whose outputs matched the reference."""
-
-FAILING = frozenset({"mismatch", "nonfinite", "export_failed", "convert_failed", "crash", "timeout", "error"})
-"""Statuses that are a failure of the engine (or the harness)."""
-
-STATUS_ORDER = ["pass", "fallback", "xpass", "xfail", "mismatch", "nonfinite", "export_failed", "convert_failed",
-                "crash", "timeout", "error", "unsupported", "skipped"]
-
-BACKEND_ORDER = ["torch", "ort", "ov", "ncnn", "trt"]
-PRECISION_ORDER = ["fp32", "fp16", "bf16", "int8"]
 
 LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "cv", "min_ms", "n", "threads", "batch")
 
@@ -185,22 +176,15 @@ def latest(frame: pd.DataFrame, *, with_latency: bool = False) -> pd.DataFrame:
 
 def sort_cases(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows ordered by model, then backend and precision in their usual order."""
-    bk = order_key(frame["backend"].unique(), BACKEND_ORDER)
-    pk = order_key(frame["precision"].unique(), PRECISION_ORDER)
-    keys = [(m, s, bk[b], pk[p]) for m, s, b, p in
+    keys = [(m, s, backend_sort_key(b), precision_sort_key(p)) for m, s, b, p in
             zip(frame["model"], frame["suite"], frame["backend"], frame["precision"], strict=True)]
     order = sorted(range(len(frame)), key=keys.__getitem__)
     return frame.iloc[order]
 
 
-def order_key(values: Iterable[str], order: list[str]) -> dict[str, tuple[int, str]]:
-    """Sort keys putting known names in ``order`` first, then the rest alphabetically."""
-    return {v: (order.index(v) if v in order else len(order), v) for v in values}
-
-
 def combos(frame: pd.DataFrame) -> list[tuple[str, str]]:
     """The (backend, precision) pairs present, in backend then precision order."""
     pairs = {(b, p) for b, p in zip(frame["backend"], frame["precision"], strict=True)}
-    bk = order_key({b for b, _ in pairs}, BACKEND_ORDER)
-    pk = order_key({p for _, p in pairs}, PRECISION_ORDER)
+    bk = {b: backend_sort_key(b) for b, _ in pairs}
+    pk = {p: precision_sort_key(p) for _, p in pairs}
     return sorted(pairs, key=lambda bp: (bk[bp[0]], pk[bp[1]]))

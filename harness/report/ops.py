@@ -7,8 +7,10 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.load import BACKEND_ORDER, PASSING, latest, order_key
-from harness.report.page import Column, esc, figure, note, pesc, table
+from harness.core.types import PASSING, backend_sort_key
+from harness.report.load import latest
+from harness.report.page import Column, figure, note, table
+from harness.report.text import esc, pesc
 
 SUITE = "onnx_conformance"
 _SCALE = [[0.0, "#f08a84"], [0.5, "#f7d57a"], [0.8, "#c5e39a"], [1.0, "#7fcb92"]]  # light: dark text reads
@@ -28,7 +30,7 @@ def op_rows(frame: pd.DataFrame, *, per_op: bool = True) -> pd.DataFrame:
 def _rate_heatmap(rows: pd.DataFrame, key: str, title: str, label: str) -> Any:
     import plotly.graph_objects as go
 
-    backends = sorted(rows["backend"].unique(), key=order_key(rows["backend"].unique(), BACKEND_ORDER).get)
+    backends = sorted(rows["backend"].unique(), key=backend_sort_key)
     keys = sorted(rows[key].unique(), key=lambda v: (str(type(v)), v))
     grouped = rows.groupby([key, "backend"])["passed"].agg(["sum", "count"])
     z, text, hover = [], [], []

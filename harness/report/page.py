@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 import numbers
 import re
@@ -10,60 +9,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-STATUS_COLORS = {
-    "pass": "#2e9e4f", "fallback": "#f0a830", "xpass": "#5ec8d8", "xfail": "#5b7fd6", "mismatch": "#d64541",
-    "nonfinite": "#8e1b1b", "export_failed": "#8e5cc2", "convert_failed": "#c39be8", "crash": "#2b2b2b",
-    "timeout": "#a0522d", "error": "#e05fb5", "unsupported": "#b5b5b5", "skipped": "#e6e6e6",
-}
-_DARK_TEXT = {"fallback", "xpass", "convert_failed", "unsupported", "skipped"}
+from harness.core.types import STATUS_TABLE
+from harness.report.text import esc, fmt
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
-
-
-def esc(value: Any) -> str:
-    """Escape text for HTML (element content and quoted attributes)."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def pesc(value: Any, limit: int | None = None) -> str:
-    """Escape text for plotly labels and hover text (plotly parses a subset of HTML tags)."""
-    text = "" if value is None else str(value)
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "\u2026"
-    return html.escape(text, quote=False)
-
-
-def pwrap(value: Any, width: int = 90, limit: int = 400) -> str:
-    """Escaped plotly text wrapped with ``<br>`` every ``width`` characters (long engine errors)."""
-    text = "" if value is None else str(value)
-    if len(text) > limit:
-        text = text[: limit - 1] + "\u2026"
-    chunks = [text[i:i + width] for i in range(0, len(text), width)] or [""]
-    return "<br>".join(html.escape(c, quote=False) for c in chunks)
 
 
 def css_token(value: str) -> str:
     """A safe class-name fragment."""
     return re.sub(r"[^a-z0-9_-]", "-", value.lower())
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """Human formatting of a number (blank for missing)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else ""
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
-            return f"{value:.{digits - 1}e}"
-        return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:,.{max(digits - 1, 1)}f}".rstrip("0").rstrip(".")
-    return str(value)
 
 
 @dataclass(frozen=True)
@@ -135,9 +89,9 @@ def section(anchor: str, title: str, intro: str, body: str) -> str:
 
 def _status_css() -> str:
     rules = []
-    for name, colour in STATUS_COLORS.items():
-        text = "#222" if name in _DARK_TEXT else "#fff"
-        rules.append(f".st-{name}{{background:{colour};color:{text}}}")
+    for status, info in STATUS_TABLE.items():
+        text = "#222" if info.dark_text else "#fff"
+        rules.append(f".st-{status.value}{{background:{info.colour};color:{text}}}")
     return "\n".join(rules)
 
 

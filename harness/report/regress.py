@@ -10,7 +10,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.report.load import CASE_KEY, FAILING, PASSING, Runs, latest, load_runs
+from harness.core.types import FAILING, PASSING
+from harness.report.load import CASE_KEY, Runs, latest, load_runs
 from harness.report.thresholds import ALPHA, METRICS, FailOn, Significance, parse_fail_on, slower_test
 
 BROKEN = FAILING | {"unsupported"}
@@ -68,7 +69,14 @@ class CompareOutcome:
     only_baseline: list[str] = field(default_factory=list)
     only_current: list[str] = field(default_factory=list)
     thresholds: tuple[FailOn, ...] = ()
+    title: str = ""
     html: Path | None = None
+
+    def parts(self) -> dict[str, Any]:
+        """What the HTML view shows."""
+        return {"title": self.title, "thresholds": self.thresholds, "diffs": self.diffs,
+                "only_baseline": self.only_baseline, "only_current": self.only_current,
+                "regressions": self.regressions}
 
 
 def case_label(key: Sequence[str], *, machine: bool = False) -> str:
@@ -212,12 +220,12 @@ def _describe(runs: Runs) -> str:
            f"{', '.join(machines)})"
 
 
-def compare_runs(baseline: str | Path, current: str | Path, fail_on: Sequence[str] = ("p50:10%",),
-                 out: str | Path | None = None) -> CompareOutcome:
+def compare_outcome(baseline: str | Path, current: str | Path, fail_on: Sequence[str] = ("p50:10%",),
+                    ) -> CompareOutcome:
     """Compare two runs (or results dirs: newest record per case) case by case on the same machine.
 
     A passing case that now fails is always a regression; a latency threshold counts only when the raw
-    samples are also significantly slower. Writes an HTML view to ``out`` when given.
+    samples are also significantly slower. ``harness.report.compare_view.compare_runs`` adds the HTML view.
     """
     thresholds = parse_fail_on(fail_on)
     base_runs = load_runs([baseline], require_records=True)
@@ -225,9 +233,8 @@ def compare_runs(baseline: str | Path, current: str | Path, fail_on: Sequence[st
     diffs, only_b, only_c = diff_runs(base_runs, cur_runs, thresholds)
     regressions = [r for d in diffs for r in d.regressions]
     title = f"baseline {_describe(base_runs)}\ncurrent  {_describe(cur_runs)}"
-    parts = {"title": title, "thresholds": thresholds, "diffs": diffs, "only_baseline": only_b,
-             "only_current": only_c, "regressions": regressions}
-    text = render_text(parts)
+    text = render_text({"title": title, "thresholds": thresholds, "diffs": diffs, "only_baseline": only_b,
+                        "only_current": only_c, "regressions": regressions})
     exit_code = 1 if regressions else 0
     if not diffs:
         mb = sorted(set(base_runs.frame["machine_id"]))
@@ -238,13 +245,8 @@ def compare_runs(baseline: str | Path, current: str | Path, fail_on: Sequence[st
             "no case (model, backend, precision, suite) appears in both runs"
         text += f"\nnothing to compare: {why}"
         exit_code = 2
-    html_path = None
-    if out is not None:
-        from harness.report.compare_view import write_compare_html
-
-        html_path = write_compare_html(Path(out), parts, exit_code)
     return CompareOutcome(text=text, regressions=regressions, exit_code=exit_code, diffs=diffs,
-                          only_baseline=only_b, only_current=only_c, thresholds=thresholds, html=html_path)
+                          only_baseline=only_b, only_current=only_c, thresholds=thresholds, title=title)
 
 
 def diffs_frame(diffs: Sequence[CaseDiff]) -> pd.DataFrame:
@@ -260,4 +262,4 @@ def diffs_frame(diffs: Sequence[CaseDiff]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-__all__ = ["METRICS", "CaseDiff", "CompareOutcome", "Regression", "compare_runs", "diff_runs"]
+__all__ = ["METRICS", "CaseDiff", "CompareOutcome", "Regression", "compare_outcome", "diff_runs"]

@@ -9,22 +9,12 @@ from typing import Any
 
 import pandas as pd
 
+from harness.core.types import FAILING, PASSING, STATUS_COLORS, STATUS_ORDER
 from harness.report.dashboard import when, write_atomic
 from harness.report.figures import FONT, combo_color, combo_label, status_colorscale
-from harness.report.load import CASE_KEY, FAILING, PASSING, STATUS_ORDER, Runs, combos, load_runs, sort_cases
-from harness.report.page import (
-    STATUS_COLORS,
-    Column,
-    esc,
-    figure,
-    machine_selector,
-    note,
-    page,
-    pesc,
-    pwrap,
-    section,
-    table,
-)
+from harness.report.load import CASE_KEY, Runs, combos, load_runs, sort_cases
+from harness.report.page import Column, figure, machine_selector, note, page, section, table
+from harness.report.text import esc, pesc, pwrap
 
 MAX_STEADY_ROWS = 40
 """Show every case in the verdict timeline up to this many; beyond it only cases whose verdict changed."""

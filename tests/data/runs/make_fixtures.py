@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.results import Record, ResultStore
+from harness.core.record import Record
+from harness.results import ResultStore
 
 HERE = Path(__file__).resolve().parent
 EVIL = "<img src=x onerror=alert(1)>"

@@ -6,13 +6,15 @@ within tolerance, so ``assert compare(ref, out, tol)`` reads naturally.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
-from harness.types import Feeds, Precision
+from harness.core.types import Feeds, Precision
 
 DEFAULT_KEY = ""
 """Key of the default entry in a per-output tolerance mapping."""
@@ -71,6 +73,10 @@ class OutputComparison:
 
     def __bool__(self) -> bool:
         return self.passed
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form for records."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -234,3 +240,27 @@ def _worse(a: OutputComparison, b: OutputComparison) -> OutputComparison:
         exact=a.exact,
         error_vs_fp64_ratio=max(ratios) if ratios else None,
     )
+
+
+def compare_strict(expected: Feeds, out: Feeds, tol: ToleranceSpec, *, fp64_ref: Feeds | None = None) -> CompareResult:
+    """``compare`` against an expected output that is the spec (ONNX test data): dtypes must match exactly,
+    strings compare exactly. ``fp64_ref`` is accepted for a uniform signature and unused (no FP64 spec)."""
+    numeric: dict[str, np.ndarray] = {}
+    strict: list[OutputComparison] = []
+    scalars: dict[str, np.ndarray] = {}
+    for name, ref in expected.items():
+        if name not in out:
+            continue
+        got = np.asarray(out[name])
+        if ref.dtype.kind in "OSU" or got.dtype.kind in "OSU":
+            same = ref.shape == got.shape and bool(np.array_equal(ref.astype(str), got.astype(str)))
+            strict.append(OutputComparison(name, same, "" if same else f"strings differ (got shape {got.shape}, "
+                                                                       f"expected {ref.shape})", exact=True))
+        elif got.dtype != ref.dtype:
+            strict.append(OutputComparison(name, False, f"dtype {got.dtype} != expected {ref.dtype}", exact=True))
+        elif ref.ndim == 0 and got.ndim == 0:  # compare_output indexes its diff array: give scalars an axis
+            numeric[name], scalars[name] = ref.reshape(1), got.reshape(1)
+        else:
+            numeric[name] = ref
+    res = compare(numeric, {**out, **scalars}, tol)
+    return CompareResult(res.outputs + tuple(strict), tuple(n for n in expected if n not in out))

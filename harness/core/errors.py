@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness.types import Status
+from harness.core.types import Status
 
 
 class HarnessError(Exception):

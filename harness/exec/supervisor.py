@@ -1,11 +1,11 @@
-"""Run cases in spawned child processes: crashes and hangs become statuses.
+"""The one child-process supervisor: every suite's cases run through ``run_in_subprocess``.
 
-The parent (pytest, ``harness run``) never imports an engine SDK. It starts
-``python -m harness.worker DIR MSG_FD`` in a new session (spawned, never
-forked: torch/OpenMP threads and fork do not mix); the child imports numpy and
-torch, says "ready" on a pipe, then runs each ``DIR/case-N/request.json`` (the
-CaseRequest as JSON) named on its stdin through ``runner.run_case``, writing
-``DIR/case-N/record.json``. The parent reaps it with ``os.wait4``:
+The parent (pytest, ``harness run``) runs no model: it starts ``python -m
+harness.exec.child DIR MSG_FD`` in a new session and process group (spawned,
+never forked: torch/OpenMP threads and fork do not mix). The child imports
+numpy and torch, says "ready" on a pipe, then runs each ``DIR/case-N/request.json``
+(a CaseRequest as JSON) named on its stdin through ``harness.run.case.run_case``,
+writing ``DIR/case-N/record.json``. The parent reaps it with ``os.wait4``:
 
 * death by a signal (segfault, abort, the OOM killer) -> status ``crash`` with the
   signal's name and the tail of the child's output (faulthandler prints the
@@ -14,16 +14,17 @@ CaseRequest as JSON) named on its stdin through ``runner.run_case``, writing
   (faulthandler dumps every thread's stack), then SIGKILL to the whole process
   group -> status ``timeout`` with that stack.
 
-Measured at idle, a fresh child costs about 2.5 s before its case starts (mostly
-``import torch``), more than a tiny model's whole conformance case. So a
-measured case (perf: latency, memory) always runs in a fresh child, alone, while
-conformance cases run one after another in the same child until it crashes,
-times out, the environment changes, or ``HARNESS_WORKER_CASES`` (default 50)
-cases have run; ``HARNESS_WORKER_CASES=1`` gives every case a fresh child.
-A crash still costs only the case that crashed.
+A fresh child costs about 2.5 s before its case starts (mostly ``import torch``),
+more than a tiny model's whole case, so unmeasured cases (conformance, accuracy,
+ONNX operator cases) run one after another in the same child until it crashes,
+times out, the environment changes (``PYTEST_CURRENT_TEST`` excepted), or
+``HARNESS_WORKER_CASES`` (default 200) cases have run; ``HARNESS_WORKER_CASES=1``
+gives every case a fresh child. Between cases the child restores torch's global
+state, the environment and the working directory (``harness.exec.child``). A
+measured case (perf: latency, memory) always runs in a fresh child, alone.
 
 Memory is measured in the child: it resets the kernel's RSS high-water mark once
-its imports are done and reads it after the case (``harness.memory``). The
+its imports are done and reads it after the case (``harness.run.memory``). The
 parent adds the child's ``ru_maxrss`` from ``os.wait4`` as a cross-check, with
 a caveat measured here: Linux starts an exec'd child's ``ru_maxrss`` at the
 parent's own high-water mark (vfork), so it is only informative above
@@ -44,34 +45,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from harness.results import Record, machine_id
-from harness.runner import CaseRequest
-from harness.types import Precision, Status
+from harness.core.machine import machine_id
+from harness.core.options import CaseRequest, request_to_json
+from harness.core.record import Record
+from harness.core.types import Status
 
 TAIL_LINES = 25
 DUMP_GRACE_S = 2.0
 STARTUP_LIMIT_S = 300.0
 EXIT_GRACE_S = 2.0
 REUSE_ENV = "HARNESS_WORKER_CASES"  # conformance cases one child may run in sequence; 1 = a fresh child per case
-DEFAULT_CASES_PER_CHILD = 50
-CHILD_IMPORTS = ("numpy", "torch")  # what every case needs (the reference); imported before the baseline
-
-
-def request_to_json(req: CaseRequest) -> str:
-    """Serialize a CaseRequest (Precision is a str enum; tuples become lists)."""
-    return json.dumps(dataclasses.asdict(req))
-
-
-def request_from_json(text: str) -> CaseRequest:
-    """Inverse of ``request_to_json``."""
-    data = json.loads(text)
-    data["precision"] = Precision(data["precision"])
-    data["zoo_files"] = tuple(data.get("zoo_files", ()))
-    return CaseRequest(**data)
+DEFAULT_CASES_PER_CHILD = 200
 
 
 # ---------------------------------------------------------------- parent side
@@ -86,7 +74,7 @@ def run_in_subprocess(case: CaseRequest, timeout_s: float = 600.0) -> Record:
     set) always gets a fresh child; conformance cases reuse the previous conformance case's
     child while it is healthy (see the module docstring).
     """
-    from harness.memory import child_peak_mb, peak_rss_mb
+    from harness.run.memory import child_peak_mb, peak_rss_mb
 
     started = time.time()
     parent_peak = round(peak_rss_mb(), 1)
@@ -122,12 +110,17 @@ def _max_cases() -> int:
     return max(int(os.environ.get(REUSE_ENV, DEFAULT_CASES_PER_CHILD)), 1)
 
 
+VOLATILE_ENV = ("PYTEST_CURRENT_TEST",)
+"""Variables that change between cases without changing what a child computes (pytest sets this per test)."""
+
+
 def _env_key() -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    return sys.executable, str(Path.cwd()), tuple(sorted(os.environ.items()))
+    env = sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE_ENV)
+    return sys.executable, str(Path.cwd()), tuple(env)
 
 
 class _Child:
-    """One spawned ``python -m harness.worker`` with its own directory (requests, records, output log)."""
+    """One spawned ``python -m harness.exec.child`` with its own directory (requests, records, output log)."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="harness-case-"))
@@ -144,7 +137,7 @@ class _Child:
         try:
             with (self.dir / "child.log").open("wb") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "harness.worker", str(self.dir), str(msg_w), die_with_parent],
+                    [sys.executable, "-m", "harness.exec.child", str(self.dir), str(msg_w), die_with_parent],
                     stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                     pass_fds=(msg_w,))
         finally:
@@ -325,12 +318,9 @@ def _read_record(path: Path) -> Record | None:
 def _failure_record(case: CaseRequest, started: float, wall_s: float, status: int | None, timed_out: str | None,
                     timeout_s: float, log_tail: str, child_peak: float | None) -> Record:
     """The record of a child that died, hung, or exited without writing its record."""
-    from harness import backends
+    from harness.run.case import canonical_backend
 
-    try:
-        backend = backends.canonical(case.backend)
-    except Exception:  # an unknown name still gets its record
-        backend = case.backend
+    backend = canonical_backend(case.backend)
     tail = f"; last output of the child:\n{log_tail}" if log_tail else "; the child printed nothing"
     sig = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
     if timed_out == "startup":
@@ -358,134 +348,4 @@ def _failure_record(case: CaseRequest, started: float, wall_s: float, status: in
 # ---------------------------------------------------------------- child side
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this child when its parent dies (Linux), so no case outlives a killed run."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-
-def _warm_flops_cache(req: CaseRequest) -> None:
-    """Count the model's FLOPs now (cached on disk): it loads the whole ONNX graph, which must not
-    count as the case's memory. Failures are left for the case itself to report."""
-    with contextlib.suppress(Exception):
-        from harness.perf import model_flops
-        from model_zoo import get_model, load_zoo_file
-
-        for f in req.zoo_files:
-            load_zoo_file(f)
-        model_flops(req, get_model(req.model))
-
-
-def child_main(argv: Sequence[str]) -> int:
-    """``python -m harness.worker DIR MSG_FD DIE_WITH_PARENT``: import, say "R" on MSG_FD, then for each
-    line ``case-N`` on stdin run ``DIR/case-N/request.json``, write ``DIR/case-N/record.json`` and say "D".
-    End of stdin: exit."""
-    import faulthandler
-    import importlib
-
-    faulthandler.enable(all_threads=True)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    work, msg_fd = Path(argv[0]), int(argv[1])
-    if argv[2:3] == ["1"]:
-        _die_with_parent()
-    t0 = time.perf_counter()
-    from harness.runner import run_case
-
-    for mod in CHILD_IMPORTS:
-        importlib.import_module(mod)
-    import_s = round(time.perf_counter() - t0, 3)
-    os.write(msg_fd, b"R")
-    index = 0
-    while line := sys.stdin.buffer.readline():
-        case_dir = work / line.decode().strip()
-        record = _run_measured(run_case, request_from_json((case_dir / "request.json").read_text()))
-        worker = {"pid": os.getpid(), "import_s": import_s if index == 0 else 0.0, "reused": index > 0}
-        record = dataclasses.replace(record, extra={**record.extra, "worker": worker})
-        tmp = case_dir / "record.json.tmp"
-        tmp.write_text(record.to_json())
-        tmp.replace(case_dir / "record.json")
-        os.write(msg_fd, b"D")
-        index += 1
-    return 0
-
-
-def _run_measured(run_case: Callable[[CaseRequest], Record], req: CaseRequest) -> Record:
-    """``run_case`` with the process's RSS high-water mark reset first: the case's own peak memory."""
-    from harness.memory import PeakRss
-
-    if req.measure is not None:
-        _warm_flops_cache(req)
-    with PeakRss() as mem:
-        record = run_case(req)  # engine errors become statuses inside; only native faults get past it
-        usage = mem.stop()
-    memory = {**record.extra.get("memory", {}), "child": usage.as_dict()}
-    peak = record.peak_rss_mb if record.peak_rss_mb is not None else usage.delta_mb
-    return dataclasses.replace(record, peak_rss_mb=peak, extra={**record.extra, "memory": memory})
-
-
 # ---------------------------------------------------------------- `harness run`
-
-CLI_MEASURE = {"min_time_s": 1.0, "min_iterations": 10, "warmup": 3}
-CLI_BENCH = {"min_time_s": 5.0, "min_iterations": 50, "warmup": 10}
-
-
-def run_one_cli(model: str, backend: str, precision: str, *, json_out: bool = False, in_process: bool = False,
-                measure: bool = True, timeout_s: float = 600.0, threads: int | None = None,
-                zoo_files: Sequence[str] = (), bench: bool = False, batches: Sequence[int] | None = None,
-                out: IO[str] | None = None) -> int:
-    """``harness run``: one case, printed as JSON or a summary; exit 0 for pass/fallback/xfail, else 1."""
-    out = out or sys.stdout
-    opts: dict[str, Any] | None = None
-    if measure:
-        opts = dict(CLI_BENCH if bench else CLI_MEASURE)
-        if batches:
-            opts["batches"] = [int(b) for b in batches]
-    req = CaseRequest(model, backend, Precision.parse(precision), suite="cli", threads=threads,
-                      zoo_files=tuple(str(Path(f).resolve()) for f in zoo_files), measure=opts)
-    if in_process:
-        from harness.runner import run_case
-
-        record = run_case(req)
-    else:
-        record = run_in_subprocess(req, timeout_s=timeout_s)
-    out.write((json.dumps(json.loads(record.to_json()), indent=2) if json_out else format_record(record)) + "\n")
-    ok = {Status.PASS.value, Status.FALLBACK.value, Status.XFAIL.value}
-    return 0 if record.status in ok else 1
-
-
-def format_record(r: Record) -> str:
-    """A few human-readable lines about one record."""
-    lines = [f"{r.case_id}: {r.status}" + (f" ({r.reason})" if r.reason else "")]
-    if r.executed_precision:
-        lines.append(f"  executed: {r.executed_precision} ({r.precision_match})   engine: {r.backend} "
-                     f"{r.backend_version}   threads: {r.settings.get('threads', '?')}")
-    if r.metrics:
-        lines.append("  error: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, int | float) else f"{k}={v}"
-                                             for k, v in r.metrics.items()))
-    if r.artifact:
-        lines.append(f"  artifact: {r.artifact} ({r.artifact_mb} MB)")
-    if r.latency:
-        lat = r.latency
-        flag = "  UNSTABLE" if lat.get("unstable") else ""
-        lines.append(f"  latency: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f}  p99 {lat['p99_ms']:.3f}  "
-                     f"mean {lat['mean_ms']:.3f}  cv {lat['cv']:.3f}  n={lat['n']}  batch={lat.get('batch')}{flag}")
-    for t in r.throughput:
-        lines.append(f"  throughput: batch {t['batch']}: {t['items_per_s']:.1f} items/s ({t['mode']})")
-    if (roof := r.extra.get("roofline")) and "error" in roof:
-        lines.append(f"  roofline: {roof['error']}")
-    elif roof:
-        lines.append(f"  roofline: {roof.get('gflops', 0):.4g} GFLOP/inference, {roof.get('achieved_gflop_s', 0):.1f}"
-                     f" GFLOP/s, {roof.get('fraction_of_peak', float('nan')):.1%} of {roof.get('peak_gflop_s')}")
-    if r.peak_rss_mb is not None:
-        lines.append(f"  peak RSS of the case: {r.peak_rss_mb} MB")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    code = child_main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # records are on disk; skipping interpreter teardown (0.65 s with torch loaded) is safe

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness.types import Feeds
+from harness.core.types import Feeds
 
 if TYPE_CHECKING:
-    from model_zoo.registry import ModelSpec
+    from harness.core.spec import ModelSpec
 
 NOT_INSTALLED = ("trt: Python package 'tensorrt' not installed (pip install -e '.[trt]'; "
                  "needs an NVIDIA GPU with CUDA)")
@@ -138,17 +138,6 @@ def calibration_batches(calibration: Sequence[Feeds], input_names: Sequence[str]
         yield batch
 
 
-def calibration_digest(calibration: Sequence[Feeds]) -> str:
-    """Content hash of calibration feeds (names, shapes, dtypes, bytes)."""
-    h = hashlib.sha256()
-    for feeds in calibration:
-        for name in sorted(feeds):
-            arr = np.ascontiguousarray(feeds[name])
-            h.update(f"{name}|{arr.shape}|{arr.dtype}".encode())
-            h.update(arr.tobytes())
-    return h.hexdigest()[:16]
-
-
 class CalibrationCache:
     """TensorRT's calibration cache file: the read/write half of ``IInt8EntropyCalibrator2``."""
 
@@ -195,20 +184,10 @@ def quantize_qdq(src: Path, out: Path, calibration: Sequence[Feeds]) -> None:
     ``ActivationSymmetric``; biases stay float (ORT's int32 bias DequantizeLinear
     is no INT8 Q/DQ pair); only the inputs of weighted layers are quantized.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from harness.backends import _ort_quant
 
-    from harness.backends.onnxruntime import _Reader
-
-    pre = out.with_name("pre.onnx")
-    try:
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-    except Exception:  # symbolic shape inference fails on some graphs: plain ONNX inference then
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    quantize_static(str(pre), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QDQ_OPS),
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    _ort_quant.static_qdq(src, out, calibration, signed_activations=True, symmetric=True, op_types=QDQ_OPS,
+                          extra_options={"QuantizeBias": False})
 
 
 def trt_qdq_violations(path: Path) -> list[str]:

@@ -11,85 +11,25 @@ emits opset 18 first and was seen to keep 18 silently when asked for 17.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.errors import ExportError
+from harness.core.cache import cache_root, cached, sha256_file
+from harness.core.errors import ExportError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from model_zoo.registry import ModelSpec
-
-
-def cache_root() -> Path:
-    """Artifact cache: ``HARNESS_CACHE`` or ``~/.cache/harness``."""
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness")).expanduser()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def cached(path: Path, build: Callable[[Path], Any], *, extra_files: tuple[str, ...] = ()) -> Path:
-    """Return ``path``, building it with ``build(tmp_path)`` unless a verified copy exists.
-
-    The build writes to a temporary name that is renamed into place, and a
-    ``.sha256`` sidecar records the content hashes of the file and its
-    companions: a truncated or corrupt file in the cache is detected, deleted
-    and rebuilt, never used. ``extra_files``
-    are suffixes of companion files the build writes next to ``tmp_path``
-    (e.g. ``.bin`` beside an ncnn ``.param``).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # one builder at a time per artifact (xdist workers, case subprocesses); others wait and reuse it
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        return _cached_locked(path, build, extra_files)
-
-
-def _cached_locked(path: Path, build: Callable[[Path], Any], extra_files: tuple[str, ...]) -> Path:
-    sidecar = path.with_name(path.name + ".sha256")
-    companions = [path.with_suffix(s) for s in extra_files]
-
-    def digests() -> str:
-        return "\n".join(sha256_file(p) for p in (path, *companions))
-
-    if path.exists() and sidecar.exists() and all(c.exists() for c in companions):
-        if digests() == sidecar.read_text().strip():
-            return path
-        warnings.warn(f"cached artifact {path} failed its hash check; rebuilding", RuntimeWarning, stacklevel=3)
-    for stale in (path, sidecar, *companions):
-        stale.unlink(missing_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(dir=path.parent, prefix=".build-"))
-    try:
-        tmp = tmpdir / path.name
-        build(tmp)
-        for s in extra_files:
-            os.replace(tmp.with_suffix(s), path.with_suffix(s))
-        os.replace(tmp, path)
-        sidecar.write_text(digests())
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return path
+    from harness.core.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -171,7 +111,7 @@ class ExportedModel:
 
     def example_feeds(self) -> dict[str, Any]:
         """Feeds of the export example: for backends that need one run at build time (profiling, tracing)."""
-        from harness.inputs import export_example
+        from harness.model.inputs import export_example
 
         return export_example(self.spec)
 
@@ -228,8 +168,8 @@ def export_onnx(model: ExportedModel) -> OnnxExport:
 def _export(model: ExportedModel, path: Path, exporter: str, opset: int) -> list[str]:
     import torch
 
-    from harness.inputs import export_example
-    from harness.reference import mha_fastpath_disabled
+    from harness.model.inputs import export_example
+    from harness.model.reference import mha_fastpath_disabled
 
     spec = model.spec
     example = export_example(spec)
@@ -273,14 +213,3 @@ def _check(path: Path) -> str:
     except Exception as exc:
         raise ExportError(f"onnx.checker rejected the export: {exc}") from exc
     return "ok"
-
-
-@contextlib.contextmanager
-def timed() -> Iterator[dict[str, float]]:
-    """Context manager filling ``{'seconds': ...}`` with the wall time of its block."""
-    box: dict[str, float] = {}
-    start = time.perf_counter()
-    try:
-        yield box
-    finally:
-        box["seconds"] = time.perf_counter() - start

@@ -168,7 +168,7 @@ def child_peak_mb(rusage: Any) -> float:
     return maxrss_to_mb(rusage.ru_maxrss)
 
 
-def idle_child_baseline_mb(imports: tuple[str, ...] = ("harness.runner", "numpy", "torch")) -> float:
+def idle_child_baseline_mb(imports: tuple[str, ...] = ("harness.run.case", "numpy", "torch")) -> float:
     """Peak RSS of a child that only imports ``imports`` and exits (the wait4 method's baseline)."""
     import subprocess
 

@@ -12,7 +12,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 
-from harness.types import Precision
+from harness.core.types import Precision
 
 _ALIASES = {
     "float": "fp32", "float32": "fp32", "f32": "fp32", "fp32": "fp32",

@@ -23,31 +23,32 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from harness import timing
+from harness.core.options import MeasureOptions
+from harness.run import timing
 
 if TYPE_CHECKING:
     from harness.backends.base import Session
-    from harness.results import Record
-    from harness.runner import CaseRequest
-    from model_zoo.registry import ModelSpec
+    from harness.core.options import CaseRequest
+    from harness.core.record import Record
+    from harness.core.spec import ModelSpec
 
 BATCH_AXIS = "batch"
 FEEDS_SEED = 7
-TIMING_KEYS = {"min_time_s", "min_iterations", "warmup", "max_samples", "cv_threshold"}
 
 
 def measure_case(req: CaseRequest, spec: ModelSpec, session: Session, record: Record) -> Record:
     """The record with ``latency``, ``throughput`` and ``extra['roofline']`` filled in."""
-    from harness.inputs import make_feeds
+    from harness.model.inputs import make_feeds
 
-    opts = {k: v for k, v in (req.measure or {}).items() if k in TIMING_KEYS}
+    measure = req.measure or MeasureOptions()
+    opts = measure.timing_kwargs()
     sync = getattr(session, "sync", None)
     feeds = make_feeds(spec, np.random.default_rng(FEEDS_SEED))
     batch = batch_size(spec, feeds)
     latency = timing.measure(lambda: session.run(feeds), sync=sync, **opts)
     threads = session.settings.get("threads", req.threads)
     lat = {**latency.as_dict(), "threads": threads, "batch": batch, "load_1m": _load_1m()}
-    wanted = batches_to_sweep(spec, (req.measure or {}).get("batches"))
+    wanted = batches_to_sweep(spec, measure.batches)
     throughput, skipped = sweep(spec, session, wanted, opts, (batch, latency))
     extra = dict(record.extra)
     if skipped:
@@ -93,7 +94,7 @@ def batches_to_sweep(spec: ModelSpec, requested: Sequence[int] | None) -> list[i
 def sweep(spec: ModelSpec, session: Session, batches: Sequence[int], opts: Mapping[str, Any],
           default: tuple[int, timing.Latency]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Throughput at each batch size: ``([{batch, items_per_s, p50_ms, mode, ...}], [skipped])``."""
-    from harness.inputs import make_feeds
+    from harness.model.inputs import make_feeds
 
     default_batch, default_latency = default
     done: list[dict[str, Any]] = []
@@ -219,10 +220,11 @@ _FLOP_OPS = {"Conv": _conv, "ConvTranspose": _conv_transpose, "MatMul": _matmul,
 
 def model_flops(req: CaseRequest, spec: ModelSpec) -> dict[str, Any]:
     """FLOPs of one inference at the default sizes, from the model's ONNX export (cached as JSON beside it)."""
-    from harness.export import ExportedModel, cached
-    from harness.inputs import make_feeds
+    from harness.core.cache import cached
+    from harness.model.export import ExportedModel
+    from harness.model.inputs import make_feeds
 
-    model = ExportedModel(spec, **(req.options or {}).get("export", {}))
+    model = ExportedModel(spec, exporter=req.export.exporter, opset=req.export.opset)
     shapes = {k: list(v.shape) for k, v in make_feeds(spec, np.random.default_rng(0)).items()}
     tag = "_".join("x".join(map(str, s)) for s in shapes.values())
     path = model.artifact(f"flops-v1-{tag}.json")  # v1: bump when the counting changes
@@ -238,7 +240,7 @@ def model_flops(req: CaseRequest, spec: ModelSpec) -> dict[str, Any]:
 
 def cpu_peak_gflops(threads: int | None = None) -> dict[str, Any] | None:
     """Theoretical fp32 peak of the cores used: cores x lanes x 2 (FMA) x FMA units x clock; None if unknown."""
-    from harness.results import cpu_flags
+    from harness.core.machine import cpu_flags
 
     flags = set(cpu_flags())
     if "avx512f" in flags:
@@ -299,3 +301,14 @@ def roofline(req: CaseRequest, spec: ModelSpec, p50_ms: float, threads: int | No
         if req.precision.value != "fp32":
             out["peak_note"] = "peak is the fp32 FMA peak; int8/fp16 kernels have other ceilings"
     return out
+
+
+def warm_flops_cache(req: CaseRequest) -> None:
+    """Count the model's FLOPs before a measured case (cached on disk): it loads the whole ONNX graph, which
+    must not count as the case's memory. Failures are left for the case itself to report."""
+    with contextlib.suppress(Exception):
+        from model_zoo import get_model, load_zoo_file
+
+        for f in req.zoo_files:
+            load_zoo_file(f)
+        model_flops(req, get_model(req.model))

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.types import Feeds
+from harness.core.types import Feeds
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from harness.export import ExportedModel
+    from harness.model.export import ExportedModel
 
 
 @contextlib.contextmanager
@@ -70,17 +70,11 @@ def cached_references(model: ExportedModel, sets: Mapping[str, Feeds]) -> tuple[
 
     Every case of a model (one child process each) reuses one FP32 + FP64 reference run.
     """
-    import hashlib
 
-    from harness.export import cached
+    from harness.core.cache import cached, feeds_digest
 
-    h = hashlib.sha256()
-    for set_name in sorted(sets):
-        for k in sorted(sets[set_name]):
-            arr = np.ascontiguousarray(sets[set_name][k])
-            h.update(f"{set_name}/{k}/{arr.dtype}/{arr.shape}".encode())
-            h.update(arr.tobytes())
-    path = model.artifact(f"reference-{h.hexdigest()[:16]}.npz")
+    digest = feeds_digest([sets[name] for name in sorted(sets)], salt="|".join(sorted(sets)))
+    path = model.artifact(f"reference-{digest}.npz")
 
     def build(tmp: Path) -> None:
         fp32, fp64 = references(model.module(), sets, model.input_names, model.output_names)

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from harness.types import Feeds, TensorSpec
+from harness.core.types import Feeds, TensorSpec
 
 if TYPE_CHECKING:
-    from model_zoo.registry import ModelSpec
+    from harness.core.spec import ModelSpec
 
 EXPORT_SEED = 12345
 COMPARE_SEED = 1

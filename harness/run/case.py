@@ -1,0 +1,234 @@
+"""Running one case: model x backend x precision -> Record.
+
+``run_case`` is the one loop every entry point uses: the model suites, the
+ONNX operator suite (its cases are ONNX-native models named ``onnx:<case id>``),
+``harness run``, the perf suite and the child process of ``harness.exec``.
+It resolves the model, builds it on the engine, compares with the reference on
+several input sets (PyTorch FP32, or an ONNX-native model's shipped outputs),
+optionally evaluates and measures, and returns a Record. Every failure
+becomes a status; nothing raises.
+
+Where a failure happens decides its status: an exception while building the
+engine's model is ``convert_failed`` (``unsupported`` when the engine says the
+op/opset is not implemented), one while running it is ``error``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from harness import backends
+from harness.core.compare import CompareResult, compare, compare_strict, merge
+from harness.core.errors import ConversionError, HarnessError
+from harness.core.machine import machine_id
+from harness.core.options import CaseRequest
+from harness.core.precision import precision_match
+from harness.core.record import Record
+from harness.core.spec import KnownFailure, ModelSpec
+from harness.core.types import Precision, Status
+from harness.model.export import ExportedModel
+from harness.model.inputs import InputSet, calibration_set, input_sets
+from harness.model.reference import cached_references
+
+NOT_IMPLEMENTED = re.compile(
+    r"Unsupported model IR version|is under development|NOT_IMPLEMENTED|Could not find an implementation for"
+    r"|No Op registered for"
+    r"|is not a registered function/op|No conversion rule found|\bnot (?:yet )?supported\b|doesn't support"
+    r"|Unsupported (?:operator|opset|op)\b", re.IGNORECASE)
+"""Engine messages that mean "this op/opset/IR version is not implemented": ``unsupported``, not a failure."""
+
+
+class _State:
+    """What the loop learned before a failure: the record so far and the known-failure entry."""
+
+    def __init__(self, base: Record) -> None:
+        self.base = base
+        self.known: KnownFailure | None = None
+
+
+def run_case(req: CaseRequest, workdir: Path | None = None) -> Record:
+    """Run one case and return its record; every failure becomes a status, never an exception."""
+    started = time.time()
+    state = _State(Record(run_id=req.run_id, model=req.model, backend=req.backend, precision=req.precision.value,
+                          status=Status.ERROR.value, suite=req.suite, test_id=req.test_id or req.case_id,
+                          machine_id=machine_id(), started_at=started))
+    timings: dict[str, float] = {}
+    try:
+        record = _run(req, state, timings, workdir)
+    except HarnessError as exc:
+        status = exc.status
+        if status is Status.CONVERT_FAILED and NOT_IMPLEMENTED.search(str(exc)):
+            status = Status.UNSUPPORTED
+        record = _known(state, replace(state.base, status=status.value, reason=str(exc)))
+    except Exception as exc:  # an engine error the backend did not classify, or a harness bug
+        record = _known(state, replace(state.base, status=Status.ERROR.value, reason=_describe(exc)))
+    return replace(record, timings_s={**timings, **record.timings_s}, duration_s=round(time.time() - started, 3))
+
+
+def canonical_backend(name: str) -> str:
+    """The registry's name for a backend name or alias; an unknown name is returned as given."""
+    try:
+        return backends.canonical(name)
+    except HarnessError:
+        return name
+
+
+def _describe(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f"{text} [{Path(frames[-1].filename).name}:{frames[-1].lineno}]" if frames else text
+
+
+def _known(state: _State, record: Record) -> Record:
+    """Apply the case's known-failure entry: a failure becomes ``xfail``, a pass ``xpass``."""
+    known = state.known
+    if known is None:
+        return record
+    failed = Status(record.status).failing
+    passed = Status(record.status).passing
+    if not (failed or passed):
+        return record
+    link = f" ({known.link})" if known.link else ""
+    if passed:
+        reason = f"known failure: {known.reason}{link}; it passed now: remove or update the entry"
+    else:
+        reason = f"known failure: {known.reason}{link}; observed: {record.status}: {record.reason}"
+    return replace(record, status=(Status.XPASS if passed else Status.XFAIL).value, reason=reason,
+                   known_failure={"reason": known.reason, "link": known.link})
+
+
+def _clock(timings: dict[str, float], key: str) -> Callable[[], None]:
+    start = time.perf_counter()
+    return lambda: timings.__setitem__(key, round(time.perf_counter() - start, 4))
+
+
+def _resolve(req: CaseRequest) -> ModelSpec:
+    from model_zoo import get_model, load_zoo_file
+
+    for f in req.zoo_files:
+        load_zoo_file(f)
+    return get_model(req.model)
+
+
+def _run(req: CaseRequest, state: _State, timings: dict[str, float], workdir: Path | None) -> Record:
+    spec = _resolve(req)
+    backend = backends.create(req.backend, threads=req.threads, device=req.device)
+    base = state.base = replace(state.base, backend=backend.name, backend_version=backend.version(),
+                                extra={**state.base.extra, **spec.record_extra})
+    known = spec.known_failure(backend.name, req.precision)
+    state.known = known if known is not None and known.active(backend.version()) else None
+    if spec.not_runnable:
+        return replace(base, status=Status.UNSUPPORTED.value, reason=spec.not_runnable)
+    if spec.not_comparable:
+        return replace(base, status=Status.SKIPPED.value, reason=spec.not_comparable)
+    model = ExportedModel(spec, exporter=req.export.exporter, opset=req.export.opset)
+    if spec.onnx_file is not None and not backend.needs_onnx:
+        return replace(base, status=Status.UNSUPPORTED.value,
+                       reason=f"ONNX-native model: no torch module ({backend.name} builds from the torch module)")
+    if (why := backend.unsupported_reason(model, req.precision)) is not None:
+        return replace(base, status=Status.UNSUPPORTED.value, reason=why)
+
+    done = _clock(timings, "reference")
+    sets, ref32, ref64 = _references(spec, model, req.precision)
+    done()
+    export_info: dict[str, Any] = {}
+    if backend.needs_onnx:
+        done = _clock(timings, "export")
+        export_info = model.onnx.as_dict()
+        done()
+    calibration = calibration_set(spec) if req.precision is Precision.INT8 else None
+    work = workdir or model.cache_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    done = _clock(timings, "build")
+    try:
+        session = backend.load(model, req.precision, work, calibration)
+    except HarnessError:
+        raise
+    except Exception as exc:  # the engine's own error while parsing/compiling/quantizing
+        raise ConversionError(f"{backend.name} could not build the model: {type(exc).__name__}: {exc}") from exc
+    done()
+    with session:
+        done = _clock(timings, "compare")
+        compare_fn = compare_strict if spec.golden is not None else compare
+        tol = spec.tolerance(req.precision)
+        results: list[CompareResult] = []
+        for s in sets:
+            try:
+                out = session.run(s.feeds)
+            except Exception as exc:
+                raise _RunFailed(s.name, exc) from exc
+            results.append(compare_fn(ref32[s.name], out, tol, fp64_ref=ref64[s.name]))
+        done()
+        result = merge(results)
+        executed = session.executed_precision
+        record = replace(
+            base,
+            executed_precision=executed,
+            precision_match=precision_match(req.precision, executed),
+            metrics=result.worst(),
+            outputs=[o.as_dict() for o in result.outputs],
+            input_sets=[s.name for s in sets],
+            settings=dict(session.settings),
+            artifact=str(session.artifact) if session.artifact else None,
+            artifact_mb=_size_mb(session.artifact),
+            export=export_info,
+        )
+        record = replace(record, **_verdict(req.precision, result, record))
+        if req.accuracy and spec.evaluate is not None:
+            done = _clock(timings, "accuracy")
+            record = replace(record, accuracy=float(spec.evaluate(session.run)))
+            done()
+        if req.measure is not None and Status(record.status).passing:
+            from harness.run import perf
+
+            record = perf.measure_case(req, spec, session, record)
+    return _known(state, record)
+
+
+def _references(spec: ModelSpec, model: ExportedModel, precision: Precision,
+                ) -> tuple[list[InputSet], dict[str, Any], dict[str, Any]]:
+    """Input sets and FP32/FP64 references: PyTorch's, or an ONNX-native model's shipped outputs (no FP64)."""
+    if spec.golden is not None:
+        pairs = list(spec.golden())
+        sets = [InputSet(f"golden-{i}", dict(feeds)) for i, (feeds, _) in enumerate(pairs)]
+        return sets, {s.name: dict(out) for s, (_, out) in zip(sets, pairs, strict=True)}, {s.name: None for s in sets}
+    sets = input_sets(spec)
+    if precision is Precision.INT8:  # edge values outside the calibration range measure clipping only
+        sets = [s for s in sets if s.in_distribution]
+    ref32, ref64 = cached_references(model, {s.name: s.feeds for s in sets})
+    return sets, ref32, ref64
+
+
+class _RunFailed(HarnessError):
+    def __init__(self, set_name: str, exc: BaseException) -> None:
+        super().__init__(f"engine raised while running input set {set_name!r}: {type(exc).__name__}: {exc}")
+
+
+def _verdict(precision: Precision, result: CompareResult, record: Record) -> dict[str, str]:
+    if result.nonfinite:
+        return {"status": Status.NONFINITE.value, "reason": f"{result.nonfinite} NaN/Inf values: {result.reason}"}
+    if not result:
+        return {"status": Status.MISMATCH.value, "reason": result.reason}
+    if record.precision_match == "fallback":
+        return {"status": Status.FALLBACK.value,
+                "reason": f"outputs match, but {precision.value} was requested and the engine "
+                          f"executed {record.executed_precision}"}
+    return {"status": Status.PASS.value, "reason": ""}
+
+
+def _size_mb(path: Path | None) -> float | None:
+    """Size on disk of an artifact and its companion files (.bin beside .param/.xml)."""
+    if path is None or not Path(path).exists():
+        return None
+    p = Path(path)
+    total = p.stat().st_size
+    for companion in (p.with_suffix(".bin"), p.with_suffix(".onnx.data")):
+        if companion != p and companion.exists():
+            total += companion.stat().st_size
+    return round(total / 1e6, 3)
