@@ -67,11 +67,28 @@ def compute_types(executed: str) -> set[str]:
     return out
 
 
+FLOAT_TYPES = frozenset({"fp64", "fp32", "fp16", "bf16"})
+"""Types whose arithmetic a float precision request is about; integer kernels (indices, counters,
+bit shifts, masks) are the model's own integer arithmetic, not a precision downgrade."""
+
+
 def precision_match(requested: Precision, executed: str) -> str:
-    """``exact`` (only the requested type computed), ``partial`` (it and others), or ``fallback`` (not it)."""
-    types = compute_types(executed)
+    """``exact`` (only the requested type computed), ``partial`` (it and others), ``fallback`` (not it),
+    or ``unknown`` (the engine reported nothing).
+
+    For a float request (fp32, fp16) only float kernels count: a model whose float arithmetic all ran
+    at the requested type is ``exact`` whatever integer kernels ran beside it. An fp32 request on a
+    model with no float arithmetic at all is ``exact`` (nothing could be downgraded); an fp16 or int8
+    request with no kernel of that type is ``fallback``.
+    """
     if executed in ("", "unknown"):
         return "unknown"
+    types = compute_types(executed)
+    if requested is not Precision.INT8:
+        floats = types & FLOAT_TYPES
+        if not floats:
+            return "exact" if requested is Precision.FP32 else "fallback"
+        types = floats
     if requested.value not in types:
         return "fallback"
     return "exact" if types == {requested.value} else "partial"

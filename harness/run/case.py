@@ -219,6 +219,10 @@ def _verdict(precision: Precision, result: CompareResult, record: Record) -> dic
         return {"status": Status.FALLBACK.value,
                 "reason": f"outputs match, but {precision.value} was requested and the engine "
                           f"executed {record.executed_precision}"}
+    if record.precision_match == "unknown" and precision is not Precision.FP32:
+        return {"status": Status.FALLBACK.value,
+                "reason": f"outputs match, but there is no evidence that {precision.value} executed: the engine "
+                          "reported no kernel types for this model"}
     return {"status": Status.PASS.value, "reason": ""}
 
 
