@@ -23,7 +23,7 @@ from harness import backends
 from harness.core.errors import HarnessError
 from harness.core.options import CaseRequest, MeasureOptions
 from harness.core.record import Record
-from harness.core.types import Precision, Status
+from harness.core.types import Cause, Precision, Status
 from harness.results import ResultStore, new_run_id
 from harness.run.case import run_case
 
@@ -288,6 +288,9 @@ def execute(hc: HarnessConfig, case: CaseRequest) -> Record:
 def apply_outcome(record: Record) -> Record:
     """Skip/xfail per status; return the record for the suite to assert on."""
     status = Status(record.status)
+    if record.cause == Cause.HARNESS.value and status is not Status.PASS:
+        pytest.fail(f"{record.status} caused by the harness (a bug of ours, not the engine's): {record.reason}",
+                    pytrace=False)
     if status in (Status.SKIPPED, Status.UNSUPPORTED):
         pytest.skip(f"{record.status}: {record.reason}")
     if status is Status.XFAIL:

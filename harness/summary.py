@@ -23,13 +23,21 @@ def status_table(records: Sequence[Record]) -> str:
     sections = [
         ("precision fallbacks (outputs match, no evidence the requested precision executed):",
          [f"  {r.case_id}: executed {r.executed_precision}" for r in records if r.status == "fallback"]),
-        ("failures:", [f"  {r.case_id}: {r.status}: {r.reason[:160]}" for r in records if r.status in FAILING]),
+        ("failures (by cause):", [f"  [{r.cause or '?'}] {r.case_id}: {r.status}: {r.reason[:160]}"
+                                  for r in sorted(records, key=lambda r: (r.cause, r.case_id)) if r.status in FAILING]),
+        ("not run, charged to the harness (bugs of ours):",
+         [f"  {r.case_id}: {r.status}: {r.reason[:160]}" for r in records
+          if r.cause == "harness" and r.status in ("unsupported", "skipped")]),
         ("known-failure entries whose case passed (update them):",
          [f"  {r.case_id}: {r.reason[:160]}" for r in records if r.status == "xpass"]),
     ]
     for title, rows in sections:
         if rows:
             lines += [title, *rows]
+    causes = Counter(r.cause for r in records if r.status != "pass")
+    if causes:
+        lines.append("non-pass cells by cause: " + ", ".join(f"{c or 'unattributed'} {n}" for c, n in
+                                                                sorted(causes.items(), key=lambda kv: -kv[1])))
     return "\n".join(lines)
 
 

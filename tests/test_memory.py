@@ -49,7 +49,7 @@ SMALL_PARENT = """
 import os, subprocess, sys
 from harness.run import memory
 baseline = memory.idle_child_baseline_mb(imports=("numpy",))
-code = "import numpy as np; from harness import memory; memory.reset_peak(); b = memory.current_rss_mb(); " \\
+code = "import numpy as np; from harness.run import memory; memory.reset_peak(); b = memory.current_rss_mb(); " \\
        "a = np.ones(%d * 2**20 // 8); del a; print(memory.peak_rss_mb() - b)"
 proc = subprocess.Popen([sys.executable, "-c", code % int(sys.argv[1])], stdout=subprocess.PIPE, text=True)
 _, status, rusage = os.wait4(proc.pid, 0)

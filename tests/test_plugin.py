@@ -33,14 +33,14 @@ def test_ids_are_model_backend_precision(suite):
 def test_unknown_backend_exits_nonzero_naming_known_and_available(suite):
     result = suite.runpytest_subprocess("--backend", "tflite")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*unknown backend 'tflite'; known backends: torch, ort*"])
+    result.stderr.fnmatch_lines(["*unknown backend 'tflite'; known backends: torch, ncnn, ort*"])
 
 
 def test_requested_unavailable_backend_is_an_error_not_a_skip(suite):
     result = suite.runpytest_subprocess("--backend", "tensorrt", "--model", "resnet_tiny")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--backend trt was requested but cannot run here: trt: *not installed*"
-                                 "available here: torch, ort*"])
+                                 "available here: torch, ncnn, ort*"])
 
 
 def test_unknown_model_and_precision_are_usage_errors(suite):

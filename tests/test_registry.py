@@ -69,7 +69,7 @@ def test_backend_aliases_and_unknown_names():
     assert backends.canonical("onnxruntime") == "ort"
     assert backends.canonical("OpenVINO") == "ov"
     assert backends.canonical("tensorrt") == "trt"
-    with pytest.raises(UnknownNameError, match=r"unknown backend 'tflite'; known backends: torch, ort"):
+    with pytest.raises(UnknownNameError, match=r"unknown backend 'tflite'; known backends: torch, ncnn, ort"):
         backends.canonical("tflite")
 
 

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from harness.cli import run_one_cli
-from harness.core.options import CaseRequest, ExportOptions, MeasureOptions
+from harness.core.options import CaseRequest, ExportOptions, MeasureOptions, request_from_json, request_to_json
 from harness.core.types import Precision, TensorSpec
-from harness.exec.supervisor import request_from_json, request_to_json, run_in_subprocess
+from harness.exec.supervisor import run_in_subprocess
 from harness.results import read_records
 from harness.run.case import run_case
 from model_zoo import register_model

@@ -1,18 +1,30 @@
-"""Exceptions of the harness. Each carries the status a case ends with."""
+"""Exceptions of the harness. Each carries the status a case ends with and the cause it names."""
 
 from __future__ import annotations
 
-from harness.core.types import Status
+from harness.core.types import Cause, Status
 
 
 class HarnessError(Exception):
-    """Base class; ``status`` is what a case that raised it records."""
+    """Base class: ``status`` is what a case that raised it records, ``cause`` whom the failure is charged to.
+
+    Both are class defaults; ``cause=`` overrides the cause of one instance (an ``UnsupportedPrecision``
+    whose reason is a missing tool is the environment's, not the engine's).
+    """
 
     status: Status = Status.ERROR
+    cause: Cause = Cause.HARNESS
+
+    def __init__(self, *args: object, cause: Cause | None = None) -> None:
+        super().__init__(*args)
+        if cause is not None:
+            self.cause = cause
 
 
 class UnknownNameError(HarnessError, KeyError):
     """A model, backend or precision name that does not exist."""
+
+    cause = Cause.ENVIRONMENT
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else ""
@@ -22,21 +34,32 @@ class BackendUnavailable(HarnessError):
     """The engine is not installed or cannot run on this machine."""
 
     status = Status.SKIPPED
+    cause = Cause.ENVIRONMENT
 
 
 class ExportError(HarnessError):
-    """torch could not export the model to the artifact format."""
+    """torch could not export the model to the artifact format (the model is not exportable as written)."""
 
     status = Status.EXPORT_FAILED
+    cause = Cause.MODEL
 
 
 class ConversionError(HarnessError):
     """The engine rejected the artifact (unsupported op, parse error, build failure)."""
 
     status = Status.CONVERT_FAILED
+    cause = Cause.ENGINE
 
 
 class UnsupportedPrecision(HarnessError):
     """The backend cannot build this model at the requested precision."""
 
     status = Status.UNSUPPORTED
+    cause = Cause.ENGINE
+
+
+class ModelError(HarnessError):
+    """The model itself is at fault (nondeterministic, returns no tensor, bad spec): not the engine's failure."""
+
+    status = Status.ERROR
+    cause = Cause.MODEL

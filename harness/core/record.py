@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``cause`` added (records of schema 1 read with an empty cause)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,8 @@ class Record:
     status: str
     suite: str = "conformance"
     reason: str = ""
+    cause: str = ""
+    """``engine``, ``model``, ``harness`` or ``environment`` for every record that is not a pass (``Cause``)."""
     executed_precision: str = ""
     precision_match: str = ""  # exact | partial | fallback | "" (not built)
     metrics: dict[str, float] = field(default_factory=dict)

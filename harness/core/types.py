@@ -68,6 +68,15 @@ class Status(StrEnum):
         return sorted(cls, key=lambda s: STATUS_TABLE[s].order)
 
 
+class Cause(StrEnum):
+    """Whom a non-pass case is charged to. Every record that is not a pass names one."""
+
+    ENGINE = "engine"  # the engine's own error, crash or wrong numbers
+    MODEL = "model"  # the model as written (untraceable, nondeterministic, frozen by tracing)
+    HARNESS = "harness"  # our conversion, recipe, API limit or bug: a bug of ours to fix
+    ENVIRONMENT = "environment"  # a missing package/tool, no GPU, a locale: what this machine lacks
+
+
 @dataclass(frozen=True)
 class StatusInfo:
     """How one status is counted and shown everywhere (terminal, report, compare, trend)."""

@@ -52,7 +52,7 @@ from typing import Any
 from harness.core.machine import machine_id
 from harness.core.options import CaseRequest, request_to_json
 from harness.core.record import Record
-from harness.core.types import Status
+from harness.core.types import Cause, Status
 
 TAIL_LINES = 25
 DUMP_GRACE_S = 2.0
@@ -323,7 +323,9 @@ def _failure_record(case: CaseRequest, started: float, wall_s: float, status: in
     backend = canonical_backend(case.backend)
     tail = f"; last output of the child:\n{log_tail}" if log_tail else "; the child printed nothing"
     sig = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
+    cause = Cause.ENGINE  # native code died or hung while the case ran: the engine's (or torch's) code
     if timed_out == "startup":
+        cause = Cause.HARNESS
         code, reason = Status.TIMEOUT, (f"the case's process did not finish its imports within "
                                         f"{max(timeout_s, STARTUP_LIMIT_S):g} s; it was killed{tail}")
     elif timed_out:
@@ -338,9 +340,10 @@ def _failure_record(case: CaseRequest, started: float, wall_s: float, status: in
         exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
         # a Python traceback means the worker itself failed (a harness fault); else native code exited
         code = Status.ERROR if "Traceback (most recent call last)" in log_tail else Status.CRASH
+        cause = Cause.HARNESS if code is Status.ERROR else Cause.ENGINE
         reason = f"the case's process exited with code {exit_code} without writing a record{tail}"
     return Record(run_id=case.run_id, model=case.model, backend=backend, precision=case.precision.value,
-                  status=code.value, suite=case.suite, reason=reason, test_id=case.test_id or case.case_id,
+                  status=code.value, suite=case.suite, reason=reason, cause=cause.value, test_id=case.test_id or case.case_id,
                   machine_id=machine_id(), started_at=started, duration_s=round(wall_s, 3),
                   extra={"signal": signal.Signals(sig).name} if sig else {})
 

@@ -31,7 +31,7 @@ from harness.core.options import CaseRequest
 from harness.core.precision import precision_match
 from harness.core.record import Record
 from harness.core.spec import KnownFailure, ModelSpec
-from harness.core.types import Precision, Status
+from harness.core.types import REFERENCE_BACKEND, Cause, Precision, Status
 from harness.model.export import ExportedModel
 from harness.model.inputs import InputSet, calibration_set, input_sets
 from harness.model.reference import cached_references
@@ -65,9 +65,10 @@ def run_case(req: CaseRequest, workdir: Path | None = None) -> Record:
         status = exc.status
         if status is Status.CONVERT_FAILED and NOT_IMPLEMENTED.search(str(exc)):
             status = Status.UNSUPPORTED
-        record = _known(state, replace(state.base, status=status.value, reason=str(exc)))
-    except Exception as exc:  # an engine error the backend did not classify, or a harness bug
-        record = _known(state, replace(state.base, status=Status.ERROR.value, reason=_describe(exc)))
+        record = _known(state, replace(state.base, status=status.value, reason=str(exc), cause=exc.cause.value))
+    except Exception as exc:  # outside the engine's calls (those are wrapped): a bug of the harness
+        record = _known(state, replace(state.base, status=Status.ERROR.value, reason=_describe(exc),
+                                       cause=Cause.HARNESS.value))
     return replace(record, timings_s={**timings, **record.timings_s}, duration_s=round(time.time() - started, 3))
 
 
@@ -99,7 +100,8 @@ def _known(state: _State, record: Record) -> Record:
         reason = f"known failure: {known.reason}{link}; it passed now: remove or update the entry"
     else:
         reason = f"known failure: {known.reason}{link}; observed: {record.status}: {record.reason}"
-    return replace(record, status=(Status.XPASS if passed else Status.XFAIL).value, reason=reason,
+    cause = Cause.HARNESS.value if passed else record.cause  # a stale entry is our list's fault
+    return replace(record, status=(Status.XPASS if passed else Status.XFAIL).value, reason=reason, cause=cause,
                    known_failure={"reason": known.reason, "link": known.link})
 
 
@@ -124,15 +126,15 @@ def _run(req: CaseRequest, state: _State, timings: dict[str, float], workdir: Pa
     known = spec.known_failure(backend.name, req.precision)
     state.known = known if known is not None and known.active(backend.version()) else None
     if spec.not_runnable:
-        return replace(base, status=Status.UNSUPPORTED.value, reason=spec.not_runnable)
+        return replace(base, status=Status.UNSUPPORTED.value, reason=spec.not_runnable, cause=Cause.HARNESS.value)
     if spec.not_comparable:
-        return replace(base, status=Status.SKIPPED.value, reason=spec.not_comparable)
+        return replace(base, status=Status.SKIPPED.value, reason=spec.not_comparable, cause=Cause.MODEL.value)
     model = ExportedModel(spec, exporter=req.export.exporter, opset=req.export.opset)
     if spec.onnx_file is not None and not backend.needs_onnx:
-        return replace(base, status=Status.UNSUPPORTED.value,
+        return replace(base, status=Status.UNSUPPORTED.value, cause=Cause.MODEL.value,
                        reason=f"ONNX-native model: no torch module ({backend.name} builds from the torch module)")
     if (why := backend.unsupported_reason(model, req.precision)) is not None:
-        return replace(base, status=Status.UNSUPPORTED.value, reason=why)
+        return replace(base, status=Status.UNSUPPORTED.value, reason=why, cause=Cause.ENGINE.value)
 
     done = _clock(timings, "reference")
     sets, ref32, ref64 = _references(spec, model, req.precision)
@@ -180,6 +182,9 @@ def _run(req: CaseRequest, state: _State, timings: dict[str, float], workdir: Pa
             export=export_info,
         )
         record = replace(record, **_verdict(req.precision, result, record))
+        if record.status != Status.PASS.value:  # the reference engine disagreeing with itself is the model's
+            reference_itself = backend.name == REFERENCE_BACKEND and req.precision is Precision.FP32
+            record = replace(record, cause=(Cause.MODEL if reference_itself else Cause.ENGINE).value)
         if req.accuracy and spec.evaluate is not None:
             done = _clock(timings, "accuracy")
             record = replace(record, accuracy=float(spec.evaluate(session.run)))
@@ -206,6 +211,8 @@ def _references(spec: ModelSpec, model: ExportedModel, precision: Precision,
 
 
 class _RunFailed(HarnessError):
+    cause = Cause.ENGINE
+
     def __init__(self, set_name: str, exc: BaseException) -> None:
         super().__init__(f"engine raised while running input set {set_name!r}: {type(exc).__name__}: {exc}")
 
