@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.compare import Tolerance
-from harness.core.spec import ModelSpec
+from harness.core.spec import KnownFailure, ModelSpec
 from harness.core.types import Precision, TensorSpec
 from harness.model.onnx_files import NO_TORCH_REASON, NoTorchModule, light_golden
 from model_zoo.registry import ModelUnavailable, add_model, mark_unavailable
@@ -45,6 +45,18 @@ LIGHT_MODELS: dict[str, tuple[str, str, str]] = {
     "zfnet512": ("gpu_0/data_0", "gpu_0/softmax_1", "ZFNet-512 (Caffe2)"),
 }
 RTOL = {"densenet121": 2e-3}
+KNOWN_FAILURES: dict[str, dict[str, KnownFailure]] = {
+    "inception_v1": {"ncnn:*": KnownFailure(
+        "pnnx's ONNX import drops the asymmetric pads of AveragePool pool5 (pads=(0,0,1,1): 'ignore AveragePool') "
+        "and leaves an AveragePool layer ncnn does not have; reproduction: a 1-node ONNX AveragePool with "
+        "kernel 3, stride 1, pads [0,0,1,1] converts the same way")},
+    "squeezenet": {"ov:fp32": KnownFailure(
+        "ill-conditioned reference: the constant-fill weights give logits of ~9.5e9 (one fp32 step = 1024); "
+        "OpenVINO's channels 992-999 come out 3 steps higher (relative 4.3e-7, 4.15 steps from a float64 "
+        "evaluation of the smallest differing 10-node subgraph: normal for an 86,528-term sum) and the softmax "
+        "turns that into 0.125 on those 8 classes", cause="model")},
+}
+"""Measured on this project's machines (onnx 1.23, pnnx 20261020, OpenVINO 2026.4)."""
 """ONNX's own per-model rtol (onnx/backend/test/case/model); atol is 1e-7 for all."""
 
 
@@ -71,6 +83,7 @@ def _spec(name: str, folder: Path) -> ModelSpec:
         tolerances={Precision.FP32: Tolerance(atol=1e-7, rtol=RTOL.get(name, 1e-3), min_cosine=-1.0)},
         example=lambda: golden()[0][0], golden=golden, opset=9, exporter="onnx-native",
         source=str(path), description=f"{arch}, ONNX-native light model (constant-fill weights), golden output",
+        known_failures=KNOWN_FAILURES.get(name, {}),
         onnx_file=path,
     )
 

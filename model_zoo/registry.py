@@ -48,6 +48,7 @@ def register_model(
     opset: int = 17,
     exporter: str = "torchscript",
     name: str | None = None,
+    int8_hints: Mapping[str, Any] | None = None,
 ) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Register a zero-argument factory returning an ``nn.Module`` as a zoo model.
 
@@ -66,6 +67,8 @@ def register_model(
         opset: ONNX opset to export at.
         exporter: ``torchscript`` (torch.onnx.export dynamo=False) or ``dynamo``.
         name: registry name; defaults to the function name.
+        int8_hints: model-specific inputs to the engines' documented INT8 recipes, e.g.
+            ``{"ov_ignored_patterns": [r".*/output/dense/MatMul"]}`` (NNCF ignored scope).
     """
     inputs = tuple(inputs)
     declared = {d for spec in inputs for d in spec.dynamic_axes.values()}
@@ -94,6 +97,7 @@ def register_model(
             evaluate=evaluate,
             opset=opset,
             exporter=exporter,
+            int8_hints=dict(int8_hints or {}),
             source=where,
             description=(inspect.getdoc(fn) or "").split("\n")[0],
         )

@@ -59,6 +59,8 @@ class Backend(ABC):
     hidden: ClassVar[bool] = False
     """Hidden backends (test-only fault injectors) never join an automatic sweep."""
     needs_onnx: ClassVar[bool] = True
+    reads_onnx_files: ClassVar[bool] = True
+    """Can build an ONNX-native model (one that exists only as an ONNX file): ncnn through pnnx's ONNX import."""
     """Whether ``load`` reads ``model.onnx_path`` (False: it builds from the torch module)."""
     slow_precisions: ClassVar[frozenset[Precision]] = frozenset()
     """Precisions that run through a reference (non-deployment) path; perf suites skip them."""

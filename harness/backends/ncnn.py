@@ -76,7 +76,7 @@ class NcnnSession(Session):
         import ncnn
 
         keep = [tools.as_mat_array(x, t) for x, t in zip(items, self.inputs, strict=True)]  # Mats borrow these
-        mats = [ncnn.Mat(a) for a in keep]
+        mats = [ncnn.Mat(a).clone() for a in keep]  # a first layer working in place on a borrowed Mat crashes
         ex = self.net.create_extractor()
         outs = []
         for i, mat in enumerate(mats):
@@ -129,7 +129,8 @@ class NcnnBackend(Backend):
              calibration: Sequence[Feeds] | None = None) -> Session:
         found = tools.find_tools() if precision is Precision.INT8 else {}
         param, log = self.convert(model, fp16=precision is Precision.FP16)
-        settings: dict[str, Any] = {"threads": self.threads, "converter": "torch.jit.trace -> pnnx -> ncnn",
+        via = "pnnx ONNX import -> ncnn" if model.spec.onnx_file is not None else "torch.jit.trace -> pnnx -> ncnn"
+        settings: dict[str, Any] = {"threads": self.threads, "converter": via,
                                     "pnnx_version": module_version("pnnx"), **log, "batch": BATCH_NOTE}
         if any(t.is_integer for t in model.spec.inputs):
             settings["integer_inputs"] = "bit-cast int32 -> float32 for ncnn Embed"
@@ -153,7 +154,8 @@ class NcnnBackend(Backend):
         path = model.artifact(f"ncnn-{'fp16' if fp16 else 'fp32'}-pnnx{module_version('pnnx')}.ncnn.param")
         meta = path.with_name(path.name.replace(".ncnn.param", ".json"))
         log: dict[str, Any] = {}
-        cached(path, lambda tmp: log.update(_pnnx_build(model, tmp, fp16)), extra_files=(".bin",))
+        build = _pnnx_from_onnx if model.spec.onnx_file is not None else _pnnx_build
+        cached(path, lambda tmp: log.update(build(model, tmp, fp16)), extra_files=(".bin",))
         if log:
             meta.write_text(json.dumps(log))
             log["cached"] = False
@@ -279,6 +281,31 @@ def _pnnx_build(model: ExportedModel, tmp: Path, fp16: bool) -> dict[str, Any]:
     return log
 
 
+def _pnnx_from_onnx(model: ExportedModel, tmp: Path, fp16: bool) -> dict[str, Any]:
+    """Convert an ONNX-native model's file with pnnx's ONNX import (after ``_onnx_prep``: old-IR initializer
+    inputs removed, opset >= 13) into ``tmp`` (.param) and ``tmp.with_suffix('.bin')``."""
+    from harness.backends._onnx_prep import prepared
+
+    folder = tmp.parent
+    src, steps = prepared(model.onnx_path, folder / "prepared.onnx", min_opset=13)
+    sizes = model.spec.default_sizes()
+    shape = ",".join("[" + ",".join(str(sizes[d] if isinstance(d, str) else d) for d in t.shape) + "]"
+                     + _PNNX_TYPES.get(t.dtype, "f32") for t in model.spec.inputs)
+    argv = [str(_pnnx_exe()), str(src.resolve()), f"inputshape={shape}", f"fp16={int(fp16)}",
+            f"ncnnparam={tmp.name}", f"ncnnbin={tmp.with_suffix('.bin').name}", "ncnnpy=model_ncnn.py",
+            "pnnxparam=model.pnnx.param", "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py", "pnnxonnx=model.pnnx.onnx"]
+    start = time.perf_counter()
+    proc = _run_pnnx(argv, folder)
+    if proc.returncode != 0 or not tmp.is_file() or not tmp.with_suffix(".bin").is_file():
+        raise ConversionError(f"pnnx failed (exit {proc.returncode}) converting {model.spec.name} from ONNX: "
+                              f"{_tail(proc).splitlines()[-1] if _tail(proc) else ''}", detail=_tail(proc))
+    log: dict[str, Any] = {"converter": "pnnx ONNX import -> ncnn", "inputshape": shape,
+                           "pnnx_seconds": round(time.perf_counter() - start, 3), "pnnx_fp16_weights": fp16}
+    if steps:
+        log["onnx_preparation"] = steps
+    return log
+
+
 def _run_pnnx(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=PNNX_TIMEOUT_S)
@@ -349,6 +376,12 @@ def _output_ranks(model: ExportedModel) -> list[int]:
     """Ranks of the torch outputs at batch 1 (ncnn outputs lack the batch axis)."""
     from harness.model.reference import run_torch
 
+    if model.spec.onnx_file is not None:  # no torch module: the ONNX graph's declared output ranks
+        import onnx
+
+        graph = onnx.load(str(model.onnx_path), load_external_data=False).graph
+        ranks = {o.name: len(o.type.tensor_type.shape.dim) for o in graph.output}
+        return [ranks.get(n, 1) for n in model.output_names]
     feeds = {t.name: a.numpy() for t, a in zip(model.spec.inputs, _trace_inputs(model), strict=True)}
     outs = run_torch(model.module(), feeds, model.input_names, model.output_names)
     return [outs[n].ndim for n in model.output_names]

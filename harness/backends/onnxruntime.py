@@ -22,7 +22,7 @@ import numpy as np
 from harness.backends import _ort_quant as quant
 from harness.backends.base import Backend, Session, missing_package_reason
 from harness.core.cache import cached, feeds_digest
-from harness.core.errors import ConversionError
+from harness.core.errors import ConversionError, first_line
 from harness.core.machine import module_version
 from harness.core.precision import summarize
 from harness.core.types import Feeds, Precision
@@ -78,9 +78,8 @@ class OrtBackend(Backend):
         if precision is Precision.FP32:
             path = model.onnx_path
         elif precision is Precision.FP16:
-            path = cached(model.artifact("ort-fp16.onnx"), lambda tmp: _to_fp16(model, tmp), extra_files=(".variant",))
-            variant = path.with_suffix(".variant").read_text()
-            recipe = {"recipe": f"onnxconverter_common float16 (keep_io_types=True), graph: {variant}"}
+            path = cached(model.artifact("ort-fp16-v2.onnx"), lambda tmp: _to_fp16(model, tmp))
+            recipe = {"recipe": "onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)"}
         else:
             if not calibration:
                 raise ConversionError("ort int8: static quantization needs calibration data and none was given")
@@ -139,53 +138,58 @@ class OrtBackend(Backend):
         return summarize(counts)
 
     def _int8(self, model: ExportedModel, calibration: Sequence[Feeds]) -> tuple[Path, dict[str, Any]]:
+        """ORT's recipe for the model's family (see ``_ort_quant``), cached by calibration and settings."""
+        from harness.backends._onnx_prep import has_attention
+
         reduce_range = quant.reduce_range_needed()
-        key = feeds_digest(calibration, length=12) + ("-rr" if reduce_range else "")
-        recipe = {"recipe": "static QDQ, QUInt8 activations, QInt8 per-channel weights, MinMax calibration",
-                  "calibration_samples": len(calibration), "quant_pre_process": True, "reduce_range": reduce_range}
+        transformer = has_attention(model.onnx_path)
+        key = feeds_digest(calibration, salt=f"v3|{transformer}|{reduce_range}", length=12)
+        steps: list[str] = []
+        if transformer:
+            recipe = {"recipe": "dynamic quantization of MatMul/Gemm, QInt8 per-channel weights, activations "
+                                "quantized at run time (ORT's recipe for transformer encoders)",
+                      "family": "transformer", "reduce_range": reduce_range}
+            build = lambda tmp: steps.extend(  # noqa: E731
+                quant.dynamic(model.onnx_path, tmp, per_channel=True, reduce_range=reduce_range))
+            name = f"ort-int8-dynamic-{key}.onnx"
+        else:
+            recipe = {"recipe": "static QDQ, QUInt8 activations, QInt8 per-channel weights, MinMax calibration, "
+                                f"{'/'.join(quant.KEEP_FLOAT)} kept float", "family": "cnn",
+                      "calibration_samples": len(calibration), "quant_pre_process": True,
+                      "reduce_range": reduce_range}
+            build = lambda tmp: steps.extend(  # noqa: E731
+                quant.static_qdq(model.onnx_path, tmp, calibration, reduce_range=reduce_range))
+            name = f"ort-int8-static-{key}.onnx"
         try:
-            path = cached(model.artifact(f"ort-int8-static-{key}.onnx"),
-                          lambda tmp: quant.static_qdq(model.onnx_path, tmp, calibration, reduce_range=reduce_range))
-            return path, recipe
+            path = cached(model.artifact(name), build)
         except Exception as exc:
-            static_error = f"{type(exc).__name__}: {exc}"
-        try:
-            path = cached(model.artifact("ort-int8-dynamic.onnx"), lambda tmp: quant.dynamic(model.onnx_path, tmp))
-        except Exception as exc:
-            raise ConversionError(f"ort int8: static quantization failed ({static_error}) and dynamic "
-                                  f"quantization failed ({type(exc).__name__}: {exc})") from exc
-        return path, {"recipe": "dynamic quantization, QInt8 weights (static QDQ failed)",
-                      "static_error": static_error[:500]}
+            raise ConversionError(f"ort int8: onnxruntime.quantization failed ({recipe['recipe']}): "
+                                  f"{type(exc).__name__}: {first_line(exc)}", detail=str(exc)) from exc
+        if steps:
+            recipe["preparation"] = steps
+        return path, recipe
 
 
 def _to_fp16(model: ExportedModel, out: Path) -> None:
-    """FP16 graph with FP32 I/O: plain conversion first, then after onnxslim simplification.
-
-    Each candidate is loaded by ORT in a child process before it is accepted:
-    some converted graphs fail ORT's type check and some (simplified
-    transformers here) crash ORT's session creation outright.
-    """
+    """FP16 graph with FP32 I/O by ORT's own converter (``onnxruntime.transformers.float16``, keep_io_types),
+    after removing initializers from old-IR graph inputs; loaded once in a child process before it is used,
+    since a converted graph that ORT cannot type-check (or that crashes session creation) must not take the
+    case's process with it."""
     import onnx
-    from onnxconverter_common import float16
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    failures = []
-    for variant in ("plain", "onnxslim"):
-        graph = onnx.load(str(model.onnx_path))
-        try:
-            if variant == "onnxslim":
-                import onnxslim
+    from harness.backends._onnx_prep import drop_initializer_inputs
 
-                graph = onnxslim.slim(graph)
-            onnx.save(float16.convert_float_to_float16(graph, keep_io_types=True), str(out))
-        except Exception as exc:
-            failures.append(f"{variant}: conversion raised {type(exc).__name__}: {exc}")
-            continue
-        problem = _load_problem(out)
-        if problem is None:
-            out.with_suffix(".variant").write_text(variant)
-            return
-        failures.append(f"{variant}: {problem}")
-    raise ConversionError("ort fp16: no FP16 conversion loads in onnxruntime: " + "; ".join(failures))
+    try:
+        graph = drop_initializer_inputs(onnx.load(str(model.onnx_path)))
+        onnx.save(convert_float_to_float16(graph, keep_io_types=True), str(out))
+    except Exception as exc:
+        raise ConversionError(f"ort fp16: onnxruntime.transformers.float16 failed: {type(exc).__name__}: "
+                              f"{first_line(exc)}", detail=str(exc)) from exc
+    problem = _load_problem(out)
+    if problem is not None:
+        raise ConversionError(f"ort fp16: onnxruntime cannot load the FP16 graph its own converter wrote: "
+                              f"{first_line(problem)}", detail=problem)
 
 
 def _load_problem(path: Path) -> str | None:
@@ -201,6 +205,7 @@ def _load_problem(path: Path) -> str | None:
         import signal
 
         return f"onnxruntime crashed loading it ({signal.Signals(-proc.returncode).name})"
-    return "onnxruntime refused it: " + (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
+    lines = proc.stderr.strip().splitlines() or ["?"]
+    return f"onnxruntime refused it: {lines[-1]}\n{proc.stderr[-5000:]}"
 
 

@@ -77,13 +77,18 @@ class TorchBackend(Backend):
             return TorchSession(module, model, None, "fp32", settings)
         if precision is Precision.FP16:
             return TorchSession(module.half(), model, "float16", "fp16", {**settings, "recipe": "module.half()"})
-        quantized = torch.ao.quantization.quantize_dynamic(module, {torch.nn.Linear, torch.nn.LSTM}, dtype=torch.qint8)
+        # per-channel weights for Linear (torch's per_channel_dynamic_qconfig); LSTM takes the default qconfig
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+        qconfig = {torch.nn.Linear: per_channel_dynamic_qconfig, torch.nn.LSTM: default_dynamic_qconfig}
+        quantized = torch.ao.quantization.quantize_dynamic(module, qconfig, dtype=torch.qint8)
         counts = _layer_types(quantized)
         if counts.get("int8", 0) == 0:
             raise UnsupportedPrecision("torch int8: dynamic quantization applies to Linear/LSTM layers only "
                                        "and this model has none")
         return TorchSession(quantized, model, None, summarize(counts),
-                            {**settings, "recipe": "torch.ao dynamic quantization (Linear, LSTM), qint8 weights"})
+                            {**settings, "recipe": "torch.ao dynamic quantization, qint8 weights: per-channel "
+                                                 "for Linear, per-tensor for LSTM"})
 
 
 def _layer_types(module: nn.Module) -> Counter[str]:

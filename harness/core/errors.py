@@ -14,11 +14,25 @@ class HarnessError(Exception):
 
     status: Status = Status.ERROR
     cause: Cause = Cause.HARNESS
+    detail: str = ""
+    """The engine's full output (tracebacks, long lists) behind the one readable line of ``str(exc)``."""
 
-    def __init__(self, *args: object, cause: Cause | None = None) -> None:
+    def __init__(self, *args: object, cause: Cause | None = None, detail: str = "") -> None:
         super().__init__(*args)
         if cause is not None:
             self.cause = cause
+        self.detail = detail
+
+
+REASON_LIMIT = 600
+"""Characters of a reason shown in records and reports; the rest goes to the record's ``detail``."""
+
+
+def first_line(text: object, limit: int = REASON_LIMIT) -> str:
+    """The first non-empty line of ``text`` (an exception or a message), cut to ``limit`` characters with an
+    ellipsis: the readable part of an engine's error."""
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
 
 
 class UnknownNameError(HarnessError, KeyError):

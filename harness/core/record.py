@@ -25,6 +25,8 @@ class Record:
     suite: str = "conformance"
     reason: str = ""
     cause: str = ""
+    detail: str = ""
+    """The full engine output behind a shortened ``reason`` (tracebacks, long lists); empty when none."""
     """``engine``, ``model``, ``harness`` or ``environment`` for every record that is not a pass (``Cause``)."""
     executed_precision: str = ""
     precision_match: str = ""  # exact | partial | fallback | "" (not built)

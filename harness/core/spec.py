@@ -34,6 +34,9 @@ class KnownFailure:
     link: str = ""
     expires: date | None = None
     until_version: str | None = None
+    cause: str = ""
+    """Whom the failure is charged to when it is not the engine (``model``: e.g. an ill-conditioned reference);
+    empty keeps the observed failure's cause."""
 
     def active(self, engine_version: str = "", today: date | None = None) -> bool:
         """False once the expiry date or the engine version has been reached."""
@@ -77,6 +80,9 @@ class ModelSpec:
     """Why the harness cannot feed or read this model (e.g. a sequence-typed input): status ``unsupported``."""
     not_comparable: str | None = None
     """Why no engine can reproduce the reference (e.g. a random mask): status ``skipped``."""
+    int8_hints: Mapping[str, Any] = field(default_factory=dict)
+    """Model-specific inputs to an engine's documented INT8 recipe, e.g. ``ov_ignored_patterns`` (NNCF
+    ignored-scope regexes for layers known to be quantization-sensitive). Recorded in the recipe."""
     record_extra: Mapping[str, Any] = field(default_factory=dict)
     """Facts about the model copied into every record's ``extra`` (ONNX cases: op types, opset, case set)."""
 

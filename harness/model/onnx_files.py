@@ -20,7 +20,7 @@ from harness.core.cache import cache_root, cached
 from harness.core.compare import Tolerance
 from harness.core.errors import HarnessError, UnknownNameError
 from harness.core.spec import ModelSpec
-from harness.core.types import Precision, Status, TensorSpec
+from harness.core.types import Cause, Precision, Status, TensorSpec
 
 SUITE = "onnx_conformance"
 """The suite name of ONNX conformance records."""
@@ -63,9 +63,10 @@ CI_CASES = (*(f"node-test_{n}" for n in _CI_NODE.split()), "pytorch-converted-te
 
 
 class NoTorchModule(HarnessError):
-    """An ONNX-native model asked for its torch module."""
+    """An ONNX-native model asked for its torch module (by a path that needs one: the model's nature)."""
 
     status = Status.UNSUPPORTED
+    cause = Cause.MODEL
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from typing import Any
 
 from harness import backends
 from harness.core.compare import CompareResult, compare, compare_strict, merge
-from harness.core.errors import ConversionError, HarnessError
+from harness.core.errors import ConversionError, HarnessError, first_line
 from harness.core.machine import machine_id
 from harness.core.options import CaseRequest
 from harness.core.precision import precision_match
@@ -65,11 +65,22 @@ def run_case(req: CaseRequest, workdir: Path | None = None) -> Record:
         status = exc.status
         if status is Status.CONVERT_FAILED and NOT_IMPLEMENTED.search(str(exc)):
             status = Status.UNSUPPORTED
-        record = _known(state, replace(state.base, status=status.value, reason=str(exc), cause=exc.cause.value))
+        reason, detail = _readable(str(exc), exc.detail)
+        record = _known(state, replace(state.base, status=status.value, reason=reason, detail=detail,
+                                       cause=exc.cause.value))
     except Exception as exc:  # outside the engine's calls (those are wrapped): a bug of the harness
         record = _known(state, replace(state.base, status=Status.ERROR.value, reason=_describe(exc),
                                        cause=Cause.HARNESS.value))
     return replace(record, timings_s={**timings, **record.timings_s}, duration_s=round(time.time() - started, 3))
+
+
+def _readable(message: str, detail: str = "") -> tuple[str, str]:
+    """(reason, detail): the message's first line in full (up to REASON_LIMIT), the whole text as detail when
+    anything was cut."""
+    reason = first_line(message)
+    if reason != message.strip() and not detail:
+        detail = message
+    return reason, detail[:20000]
 
 
 def canonical_backend(name: str) -> str:
@@ -100,7 +111,7 @@ def _known(state: _State, record: Record) -> Record:
         reason = f"known failure: {known.reason}{link}; it passed now: remove or update the entry"
     else:
         reason = f"known failure: {known.reason}{link}; observed: {record.status}: {record.reason}"
-    cause = Cause.HARNESS.value if passed else record.cause  # a stale entry is our list's fault
+    cause = Cause.HARNESS.value if passed else (known.cause or record.cause)  # a stale entry is our list's fault
     return replace(record, status=(Status.XPASS if passed else Status.XFAIL).value, reason=reason, cause=cause,
                    known_failure={"reason": known.reason, "link": known.link})
 
@@ -130,7 +141,7 @@ def _run(req: CaseRequest, state: _State, timings: dict[str, float], workdir: Pa
     if spec.not_comparable:
         return replace(base, status=Status.SKIPPED.value, reason=spec.not_comparable, cause=Cause.MODEL.value)
     model = ExportedModel(spec, exporter=req.export.exporter, opset=req.export.opset)
-    if spec.onnx_file is not None and not backend.needs_onnx:
+    if spec.onnx_file is not None and not backend.reads_onnx_files:
         return replace(base, status=Status.UNSUPPORTED.value, cause=Cause.MODEL.value,
                        reason=f"ONNX-native model: no torch module ({backend.name} builds from the torch module)")
     if (why := backend.unsupported_reason(model, req.precision)) is not None:
@@ -153,7 +164,8 @@ def _run(req: CaseRequest, state: _State, timings: dict[str, float], workdir: Pa
     except HarnessError:
         raise
     except Exception as exc:  # the engine's own error while parsing/compiling/quantizing
-        raise ConversionError(f"{backend.name} could not build the model: {type(exc).__name__}: {exc}") from exc
+        raise ConversionError(f"{backend.name} could not build the model: {type(exc).__name__}: {first_line(exc)}",
+                              detail=str(exc)) from exc
     done()
     with session:
         done = _clock(timings, "compare")
