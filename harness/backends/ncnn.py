@@ -63,14 +63,24 @@ class NcnnSession(Session):
         self.executed_precision = executed
 
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        # asarray keeps a 0-d input 0-d; a 0-d input has no batch axis and goes whole to every item
         arrays = [np.asarray(feeds[t.name]) for t in self.inputs]
         n = max((a.shape[0] for a in arrays if a.ndim), default=1)
-        if any(a.ndim == 0 or a.shape[0] not in (1, n) for a in arrays):
+        if any(a.ndim and a.shape[0] not in (1, n) for a in arrays):
             shapes = {t.name: a.shape for t, a in zip(self.inputs, arrays, strict=True)}
             raise ValueError(f"ncnn: inputs need a common batch axis 0 (size 1 or {n}); got {shapes}")
-        per_item = [self._run_one([a[i if a.shape[0] > 1 else 0] for a in arrays]) for i in range(n)]
-        return {name: np.concatenate([outs[k] for outs in per_item], axis=0)
-                for k, name in enumerate(self.output_names)}
+        per_item = [self._run_one([a[i if a.shape[0] > 1 else 0] if a.ndim else a for a in arrays])
+                    for i in range(n)]
+        out: dict[str, np.ndarray] = {}
+        for k, (name, rank) in enumerate(zip(self.output_names, self.out_ranks, strict=True)):
+            if rank == 0:  # a 0-d output comes back as a 1-element Mat and has no batch axis to stack on
+                if n != 1:
+                    raise ValueError(f"ncnn: output {name!r} is 0-d: it cannot be assembled from {n} "
+                                     "per-item runs (ncnn Mat has no batch axis)")
+                out[name] = per_item[0][k].reshape(())
+            else:
+                out[name] = np.concatenate([outs[k] for outs in per_item], axis=0)
+        return out
 
     def _run_one(self, items: list[np.ndarray]) -> list[np.ndarray]:
         import ncnn
@@ -225,7 +235,7 @@ def _trace_inputs(model: ExportedModel) -> tuple[Any, ...]:
         arr = np.asarray(example[t.name])
         if arr.ndim and isinstance(t.shape[0], str):
             arr = arr[:1]
-        args.append(torch.from_numpy(np.ascontiguousarray(arr)))
+        args.append(torch.from_numpy(np.asarray(arr, order="C")))  # ascontiguousarray would make 0-d 1-d
     return tuple(args)
 
 
@@ -250,17 +260,25 @@ def _pnnx_build(model: ExportedModel, tmp: Path, fp16: bool) -> dict[str, Any]:
     try:  # the MHA fast path's aten::_transformer_encoder_layer_fwd breaks pnnx
         with torch.no_grad(), warnings.catch_warnings(), mha_fastpath_disabled():
             warnings.simplefilter("ignore")
-            torch.jit.trace(model.module(), args, check_trace=False).save(str(pt))
+            # the traceable module returns the flattened outputs (dicts, nested tuples, None dropped) in
+            # model.output_names order: pnnx names them out0, out1, ... in that order
+            torch.jit.trace(model.traceable(), args, check_trace=False).save(str(pt))
     except Exception as exc:
         raise ExportError(f"torch.jit.trace (for pnnx) failed: {type(exc).__name__}: {exc}") from exc
     trace_s = time.perf_counter() - start
     shape1 = _shape_arg(model, args, model.spec.default_sizes())
     second = {k: v[1] if len(v) > 1 else v[0] for k, v in model.spec.dynamic_sizes.items()}
     shape2 = _shape_arg(model, args, second)
-    argv = [str(_pnnx_exe()), pt.name, f"inputshape={shape1}", f"fp16={int(fp16)}", f"ncnnparam={tmp.name}",
-            f"ncnnbin={tmp.with_suffix('.bin').name}", "ncnnpy=model_ncnn.py", "pnnxparam=model.pnnx.param",
-            "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py", "pnnxonnx=model.pnnx.onnx"]
     log: dict[str, Any] = {"trace_seconds": round(trace_s, 3), "inputshape": shape1}
+    if any(a.dim() == 0 for a in args):
+        # pnnx parses "[]f32" as no shape at all ("input_shape expect 2 tensors but got 1"); without
+        # inputshape= it reads every shape, 0-d included, from the traced inputs (static shapes)
+        shape1 = shape2 = ""
+        log["inputshape"] = "from the traced inputs (pnnx cannot parse a 0-d shape in inputshape=)"
+    argv = [str(_pnnx_exe()), pt.name, *([f"inputshape={shape1}"] if shape1 else []), f"fp16={int(fp16)}",
+            f"ncnnparam={tmp.name}", f"ncnnbin={tmp.with_suffix('.bin').name}", "ncnnpy=model_ncnn.py",
+            "pnnxparam=model.pnnx.param",
+            "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py", "pnnxonnx=model.pnnx.onnx"]
     start = time.perf_counter()
     proc = _run_pnnx(argv + ([f"inputshape2={shape2}"] if shape2 != shape1 else []), folder)
     if shape2 != shape1 and (proc.returncode != 0 or not tmp.is_file()):
