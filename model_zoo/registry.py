@@ -98,10 +98,13 @@ def register_model(
         def invalid(problems: Sequence[str]) -> ModelSpecError:
             return ModelSpecError(f"model {model_name!r} ({where}): " + "; ".join(problems))
 
+        sizes = {k: tuple(v) if isinstance(v, Iterable) else v for k, v in (dynamic_sizes or {}).items()}
+        if bad := [f"dynamic_sizes[{k!r}] = {v!r}: give a tuple of sizes, e.g. (1, 4)"
+                   for k, v in sizes.items() if not isinstance(v, tuple)]:
+            raise invalid(bad)
         try:
-            sizes = {k: tuple(v) for k, v in (dynamic_sizes or {}).items()}
             precisions = {Precision.parse(str(k)): v for k, v in (tolerances or {}).items()}
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:
             raise invalid([str(exc)]) from None
         spec = ModelSpec(
             name=model_name,

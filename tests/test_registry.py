@@ -97,6 +97,8 @@ def test_every_backend_declares_its_contract():
     ({"inputs": [TensorSpec("x", [1, 4])]}, "input 'x': shape [1, 4] must be a tuple"),
     ({"inputs": [TensorSpec("x", ("batch", 4))], "dynamic_sizes": {"batch": ()}},
      "dynamic_sizes['batch'] is empty: give at least the export size"),
+    ({"inputs": [TensorSpec("x", ("batch", 4))], "dynamic_sizes": {"batch": 4}},
+     "dynamic_sizes['batch'] = 4: give a tuple of sizes, e.g. (1, 4)"),
     ({"inputs": [TensorSpec("x", ("batch", 4))], "dynamic_sizes": {"batch": (1, 0)}},
      "dynamic_sizes['batch'] = (1, 0): sizes must be integers >= 1"),
     ({"inputs": [TensorSpec("x", ("batch", 4))], "dynamic_sizes": {"batch": (1,), "btach": (2,)}},

@@ -144,6 +144,24 @@ def test_declared_outputs_of_the_wrong_count_are_the_models_error() -> None:
     assert "returned 2 outputs ['output_0', 'output_1'] but declares 1: ['only']" in r.reason
 
 
+class BatchLoss(nn.Module):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"y": x * 2, "loss": (x * x).mean()}
+
+
+@register_model(inputs=[TensorSpec("x", ("batch", 4))], dynamic_sizes={"batch": (1, 3)}, tags={"test-only"})
+def user_batch_loss() -> nn.Module:
+    return BatchLoss()
+
+
+def test_a_0d_output_of_a_batched_model_on_ncnn_is_the_harness_limit_said_precisely() -> None:
+    _available("ncnn")
+    r = _case("user_batch_loss", "ncnn", zoo=None)
+    assert (r.status, r.cause) == (Status.UNSUPPORTED.value, "harness"), r.reason
+    assert "0-d output(s) ['loss'] with batches of [1, 3] are not supported by the harness" in r.reason
+    assert _case("user_batch_loss", "ort", zoo=None).status == Status.PASS.value  # ORT runs the whole batch
+
+
 class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.dropout(x, 0.5, training=True)  # left on: eval() does not reach F.dropout
@@ -258,7 +276,7 @@ def test_a_corrupt_export_metadata_json_is_rebuilt() -> None:
     for text in ("", "{not json"):
         meta.write_text(text)
         outputs.write_text(text)
-        with pytest.warns(RuntimeWarning, match="failed its hash check; rebuilding"):
+        with pytest.warns(RuntimeWarning, match="outputs.json failed its hash check; rebuilding"):
             r = _case("user_two_outputs", "ort")
         assert r.status == Status.PASS.value, r.reason
         assert r.export["cached"] is False
@@ -266,3 +284,6 @@ def test_a_corrupt_export_metadata_json_is_rebuilt() -> None:
         assert json.loads(meta.read_text())["checker"] == "ok"
         assert json.loads(outputs.read_text())["names"] == ["output_0", "output_1"]
     assert _case("user_two_outputs", "ort").export["cached"] is True
+    meta.unlink()  # an older cache, or a crash between the export and its metadata
+    assert _case("user_two_outputs", "ort").export["cached"] is False
+    assert json.loads(meta.read_text())["checker"] == "ok"

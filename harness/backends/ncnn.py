@@ -40,7 +40,7 @@ from harness.core.cache import cached, feeds_digest
 from harness.core.errors import ConversionError, ExportError, UnsupportedPrecision
 from harness.core.machine import module_version
 from harness.core.precision import summarize
-from harness.core.types import Feeds, Precision, TensorSpec
+from harness.core.types import Cause, Feeds, Precision, TensorSpec
 
 if TYPE_CHECKING:
     from harness.model.export import ExportedModel
@@ -138,6 +138,12 @@ class NcnnBackend(Backend):
     def load(self, model: ExportedModel, precision: Precision, workdir: Path,
              calibration: Sequence[Feeds] | None = None) -> Session:
         found = tools.find_tools() if precision is Precision.INT8 else {}
+        ranks = _output_ranks(model)
+        scalars = [n for n, r in zip(model.output_names, ranks, strict=True) if r == 0]
+        if scalars and max(batches := _batch_sizes(model)) > 1:
+            raise ConversionError(f"ncnn: 0-d output(s) {scalars} with batches of {sorted(batches)} are not supported "
+                                  "by the harness: an ncnn Mat has no batch axis, so a batch runs one item at a time "
+                                  "and a 0-d output cannot be assembled from the items", cause=Cause.HARNESS)
         param, log = self.convert(model, fp16=precision is Precision.FP16)
         settings: dict[str, Any] = {"threads": self.threads, "converter": "torch.jit.trace -> pnnx -> ncnn",
                                     "pnnx_version": module_version("pnnx"), **log, "batch": BATCH_NOTE}
@@ -155,7 +161,6 @@ class NcnnBackend(Backend):
         settings["cpu"] = cpu_features()
         settings["bin_weight_blobs"] = tools.weight_tags(param.with_suffix(".bin"))
         executed = _executed(precision, param, net, settings)
-        ranks = _output_ranks(model)
         return NcnnSession(net, model.spec.inputs, model.output_names, ranks, param, settings, executed)
 
     def convert(self, model: ExportedModel, fp16: bool) -> tuple[Path, dict[str, Any]]:
@@ -361,6 +366,17 @@ def _executed(precision: Precision, param: Path, net: Any, settings: dict[str, A
     fp16_storage = settings["bin_weight_blobs"]["fp16"] > 0 or (opt["use_fp16_storage"] and cpu["x86_f16c"])
     settings["fp16_arithmetic_layers"] = counts.get("fp16", 0)
     return summarize(counts, storage="fp16" if fp16_storage and counts.get("fp32") else None)
+
+
+def _batch_sizes(model: ExportedModel) -> set[int]:
+    """Every size axis 0 of an input takes (``NcnnSession.run`` runs that many items one at a time)."""
+    sizes = {1}
+    for t in model.spec.inputs:
+        if t.shape and isinstance(t.shape[0], str):
+            sizes.update(model.spec.dynamic_sizes.get(t.shape[0], ()))
+        elif t.shape:
+            sizes.add(int(t.shape[0]))
+    return sizes
 
 
 def _output_ranks(model: ExportedModel) -> list[int]:

@@ -142,7 +142,7 @@ class ExportedModel:
         else wrapped to return the flattened outputs (``reference.flat_module``) in ``output_names`` order."""
         from harness.model.reference import flat_module
 
-        return self.module() if self._output_info["plain"] else flat_module(self.module())
+        return self.module() if self._output_info["plain"] else flat_module(self.module(), self.input_names)
 
     @cached_property
     def _output_info(self) -> dict[str, Any]:
@@ -191,23 +191,29 @@ def export_onnx(model: ExportedModel) -> OnnxExport:
 
         log["opset"] = next((o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import
                              if o.domain in ("", "ai.onnx")), opset)
+        # written under the artifact's lock, before the export is renamed into place: whoever sees the
+        # export sees its metadata
+        tmp_meta = tmp.with_suffix(".json")
+        tmp_meta.write_text(json.dumps(log))
+        tmp_meta.replace(meta_path)
 
-    def build_with_meta(tmp: Path) -> None:
-        build(tmp)
-        tmp.with_suffix(".json").write_text(json.dumps(log))
-
-    # the metadata is a hashed companion of the export: a corrupt, empty or missing .json rebuilds both
-    cached(path, build_with_meta, extra_files=(".json",))
+    cached(path, build)
     fresh = bool(log)
-    if not fresh:
-        try:
-            log = json.loads(meta_path.read_text())
-        except (OSError, ValueError):  # passed the hash check yet unreadable: rebuild once
-            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
-            cached(path, build_with_meta, extra_files=(".json",))
-            fresh = True
+    if not fresh and not isinstance(log := _read_json(meta_path), dict):
+        # missing, empty or corrupt metadata (a crash, an older cache, an edit): rebuild, never fail every run
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        log = {}
+        cached(path, build)
+        fresh = True
     return OnnxExport(path, exporter, int(log.get("opset", opset)), float(log.get("seconds", 0.0)),
                       tuple(log.get("warnings", ())), str(log.get("checker", "unknown")), not fresh)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _export(model: ExportedModel, path: Path, exporter: str, opset: int) -> list[str]:
@@ -265,12 +271,8 @@ def cached_json(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any
     """A small JSON artifact built by ``make()`` through the cache; an unreadable copy is rebuilt once."""
     for _ in range(2):
         cached(path, lambda tmp: tmp.write_text(json.dumps(make())))
-        try:
-            data = json.loads(path.read_text())
-            if isinstance(data, dict):
-                return data
-        except (OSError, ValueError):
-            pass
+        if isinstance(data := _read_json(path), dict):
+            return data
         path.with_name(path.name + ".sha256").unlink(missing_ok=True)
     return make()
 

@@ -133,12 +133,15 @@ def output_structure(module: nn.Module, feeds: Feeds, input_names: Sequence[str]
     return names, plain
 
 
-def flat_module(module: nn.Module) -> nn.Module:
+def flat_module(module: nn.Module, input_names: Sequence[str]) -> nn.Module:
     """``module`` wrapped to return its outputs as one flat tuple of tensors in OUTPUT_NAMING order.
 
     Exporters and tracers (torch.onnx, torch.jit.trace for pnnx) reject or reorder dicts, drop or choke on
-    None and cannot emit Python numbers; the wrapper gives all of them the same flat outputs.
+    None and cannot emit Python numbers; the wrapper gives all of them the same flat outputs. Its forward
+    declares one parameter per input (torch.export matches dynamic shapes to the signature).
     """
+    import inspect
+
     import torch
 
     class FlatOutputs(torch.nn.Module):
@@ -150,6 +153,10 @@ def flat_module(module: nn.Module) -> nn.Module:
             return tuple(v if isinstance(v, torch.Tensor) else torch.as_tensor(to_numpy(n, v))
                          for n, v in output_leaves(self.inner(*args)))
 
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(n if n.isidentifier() else f"input_{i}", kind) for i, n in enumerate(input_names)]
+    FlatOutputs.forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("self", kind), *params])
     return FlatOutputs(module).eval()
 
 
