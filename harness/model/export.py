@@ -89,9 +89,10 @@ class ExportedModel:
         import torch
 
         h = hashlib.sha256(self.spec.fingerprint().encode())
-        for path in source_files(self.module(), self.spec.factory):
-            h.update(f"|{path.name}|".encode())  # the name, not the path: one cache serves every checkout
-            h.update(path.read_bytes())
+        # names and contents, not paths: one cache serves every checkout and virtual environment
+        sources = sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest())
+                         for p in source_files(self.module(), self.spec.factory))
+        h.update(repr(sources).encode())
         for name, tensor in self.module().state_dict().items():
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
