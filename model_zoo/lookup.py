@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import hashlib
 import importlib
@@ -58,32 +59,39 @@ def list_models(patterns: str | Iterable[str] = "*", tags: Iterable[str] = ()) -
 def load_zoo_file(path: str | Path) -> list[str]:
     """Import a user's Python file so its ``@register_model`` functions join the zoo.
 
-    The file is executed: it is trusted input, like a conftest.py. Returns the
-    names it registered. Errors name the file and line.
+    The file is executed: it is trusted input, like a conftest.py. Like pytest with a conftest.py, its
+    directory is put first on ``sys.path`` so helper modules beside it import (``from my_layers import
+    Net``). Returns the names it registered. Errors name the file and line and keep their class (a bad
+    declaration stays a ``ModelSpecError``).
     """
     _load_builtin()
     file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise HarnessError(f"--zoo-file {path}: no such file (looked at {file})")
-    before = set(_MODELS)
+    before = dict(_MODELS)
     mod_name = f"_harness_zoo_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"
     if mod_name in sys.modules:
         return sorted(n for n, s in _MODELS.items() if s.source.startswith(str(file)))
+    if str(file.parent) not in sys.path:
+        sys.path.insert(0, str(file.parent))
     spec = importlib.util.spec_from_file_location(mod_name, file)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise HarnessError(f"--zoo-file {file}: Python cannot import it (not a .py source file?)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
         spec.loader.exec_module(module)
     except HarnessError as exc:
         del sys.modules[mod_name]
-        raise HarnessError(f"--zoo-file {file}: {exc}") from exc
+        err = copy.copy(exc)  # same class and cause, message prefixed with the file
+        err.args = (f"--zoo-file {file}: {exc}",)
+        raise err from exc
     except Exception as exc:
         del sys.modules[mod_name]
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(file)]
         line = f":{frames[-1].lineno}" if frames else ""
         raise HarnessError(f"--zoo-file {file}{line}: importing it raised {type(exc).__name__}: {exc}") from exc
-    added = sorted(set(_MODELS) - before)
+    added = sorted(n for n, s in _MODELS.items() if before.get(n) is not s)  # new, or re-registered
     if not added:
         raise HarnessError(f"--zoo-file {file}: it registered no model (decorate factories with @register_model)")
     return added

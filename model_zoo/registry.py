@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from harness.core.compare import ToleranceSpec
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, ModelSpecError
 from harness.core.spec import KnownFailure, ModelSpec
 from harness.core.types import Feeds, Precision, Status, TensorSpec
 
@@ -36,7 +36,7 @@ def mark_unavailable(name: str, reason: str) -> None:
 def register_model(
     inputs: Iterable[TensorSpec],
     *,
-    outputs: Sequence[str] = ("output",),
+    outputs: Sequence[str] | None = None,
     tags: Iterable[str] = (),
     dynamic_sizes: Mapping[str, Sequence[int]] | None = None,
     tolerances: Mapping[Precision | str, ToleranceSpec] | None = None,
@@ -52,9 +52,31 @@ def register_model(
 ) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Register a zero-argument factory returning an ``nn.Module`` as a zoo model.
 
+    Output naming. ``forward`` may return a tensor, a dict (a Hugging Face ``ModelOutput`` too), a
+    namedtuple, a tuple or list, nested in any way; the result is flattened depth-first and every engine's
+    outputs and every record use these names:
+
+    - a single tensor: ``output``;
+    - a tuple/list: ``output_0``, ``output_1``, ... (as exporters name unnamed outputs);
+    - a dict: its keys, in insertion order (``{"logits": a}`` -> ``logits``); a namedtuple: its fields;
+    - nested containers append ``.<key>`` or ``.<index>``: ``{"logits": a, "hidden": (b, c)}`` ->
+      ``logits``, ``hidden.0``, ``hidden.1``; ``(a, (b, c))`` -> ``output_0``, ``output_1.0``, ``output_1.1``;
+    - ``None`` items are dropped (the others keep their index: ``(a, None, b)`` -> ``output_0``,
+      ``output_2``); a forward returning only ``None`` is a ``ModelError``;
+    - Python ``bool``/``int``/``float`` items become 0-d ``bool``/``int64``/``float32`` arrays (a traced
+      export freezes them as constants).
+
+    ``outputs=`` renames the flattened outputs by position and must name every one of them.
+
+    The declaration is checked here: an unknown dtype, a dimension below 1, a symbolic axis without sizes,
+    an empty or non-positive size list, an axis no input uses, duplicate names or an unknown exporter raise
+    ``ModelSpecError`` naming the file and line. The factory runs (seeded) when a case needs the model; one
+    that raises or returns no ``nn.Module`` is a ``ModelSpecError`` too. The reference runs twice on one
+    input: a forward that differs from itself (dropout left on, ``torch.rand``) is a ``ModelError``.
+
     Args:
-        inputs: input specs in the model's ``forward`` order.
-        outputs: output names, in order.
+        inputs: input specs in the model's ``forward`` order (a 0-d input has shape ``()``).
+        outputs: output names in flattened order; default: named as above.
         tags: free-form labels (``ci``, ``vision``, ...) selectable with ``--tag``.
         dynamic_sizes: sizes to test for each symbolic axis; the first is the export size.
         tolerances: per-precision overrides; a value may map output names to tolerances.
@@ -71,23 +93,30 @@ def register_model(
             ``{"ov_ignored_patterns": [r".*/output/dense/MatMul"]}`` (NNCF ignored scope).
     """
     inputs = tuple(inputs)
-    declared = {d for spec in inputs for d in spec.dynamic_axes.values()}
-    sizes = {k: tuple(v) for k, v in (dynamic_sizes or {}).items()}
 
     def decorator(fn: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         model_name = name or fn.__name__
         where = _where(fn)
-        undeclared = declared - set(sizes)
-        if undeclared:
-            raise HarnessError(f"model {model_name!r} ({where}): symbolic axes {sorted(undeclared)} need dynamic_sizes")
+
+        def invalid(problems: Sequence[str]) -> ModelSpecError:
+            return ModelSpecError(f"model {model_name!r} ({where}): " + "; ".join(problems))
+
+        sizes = {k: tuple(v) if isinstance(v, Iterable) else v for k, v in (dynamic_sizes or {}).items()}
+        if bad := [f"dynamic_sizes[{k!r}] = {v!r}: give a tuple of sizes, e.g. (1, 4)"
+                   for k, v in sizes.items() if not isinstance(v, tuple)]:
+            raise invalid(bad)
+        try:
+            precisions = {Precision.parse(str(k)): v for k, v in (tolerances or {}).items()}
+        except ValueError as exc:
+            raise invalid([str(exc)]) from None
         spec = ModelSpec(
             name=model_name,
             factory=fn,
             inputs=inputs,
-            outputs=tuple(outputs),
+            outputs=None if outputs is None else (outputs,) if isinstance(outputs, str) else tuple(outputs),
             tags=frozenset(tags),
             dynamic_sizes=sizes,
-            tolerances={Precision.parse(str(k)): v for k, v in (tolerances or {}).items()},
+            tolerances=precisions,
             known_failures={
                 k: v if isinstance(v, KnownFailure) else KnownFailure(str(v)) for k, v in (known_failures or {}).items()
             },
@@ -101,6 +130,8 @@ def register_model(
             source=where,
             description=(inspect.getdoc(fn) or "").split("\n")[0],
         )
+        if problems := spec.problems():
+            raise invalid(problems)
         add_model(spec)
         return fn
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from harness import backends
@@ -15,7 +17,8 @@ def test_wildcards_and_tags():
     assert "resnet18" in list_models("resnet*")
     assert all(n.startswith("resnet") for n in list_models("resnet*"))
     ci = list_models("*", tags=["ci"])
-    assert "resnet_tiny" in ci and "resnet18" not in ci
+    assert "resnet_tiny" in ci
+    assert "resnet18" not in ci
     assert list_models(["srcnn", "lstm"]) == ["lstm", "srcnn"]
 
 
@@ -83,3 +86,71 @@ def test_every_backend_declares_its_contract():
         assert cls.precisions <= set(Precision)
         reason = cls().unavailable_reason()
         assert reason is None or reason.startswith(f"{name}:"), reason
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"inputs": [TensorSpec("x", (1, 4), dtype="float99")]},
+     "input 'x': dtype 'float99' is not a numpy dtype; use e.g. float32"),
+    ({"inputs": [TensorSpec("x", (1, 4), dtype="complex64")]}, "input 'x': dtype 'complex64' is not a bool, integer"),
+    ({"inputs": [TensorSpec("x", (1, -4))]}, "input 'x': dimension 1 is -4; a dimension is an integer >= 1"),
+    ({"inputs": [TensorSpec("x", (0, 4))]}, "input 'x': dimension 0 is 0"),
+    ({"inputs": [TensorSpec("x", [1, 4])]}, "input 'x': shape [1, 4] must be a tuple"),
+    ({"inputs": [TensorSpec("x", ("batch", 4))], "dynamic_sizes": {"batch": ()}},
+     "dynamic_sizes['batch'] is empty: give at least the export size"),
+    ({"inputs": [TensorSpec("x", ("batch", 4))], "dynamic_sizes": {"batch": 4}},
+     "dynamic_sizes['batch'] = 4: give a tuple of sizes, e.g. (1, 4)"),
+    ({"inputs": [TensorSpec("x", ("batch", 4))], "dynamic_sizes": {"batch": (1, 0)}},
+     "dynamic_sizes['batch'] = (1, 0): sizes must be integers >= 1"),
+    ({"inputs": [TensorSpec("x", ("batch", 4))], "dynamic_sizes": {"batch": (1,), "btach": (2,)}},
+     "dynamic_sizes names axis 'btach', which no input uses"),
+    ({"inputs": [TensorSpec("x", (1, 4)), TensorSpec("x", (1, 4))]}, "input name 'x' is used twice"),
+    ({"inputs": [TensorSpec("ids", (1, 4), "int64", low=5, high=5)]}, "input 'ids': low=5 must be below high=5"),
+    ({"inputs": [TensorSpec("x", (1, 4))], "outputs": ("a", "a")}, "output name 'a' is used twice"),
+    ({"inputs": [TensorSpec("x", (1, 4))], "exporter": "onnxscript"}, "exporter 'onnxscript' is unknown"),
+    ({"inputs": [TensorSpec("x", (1, 4))], "tolerances": {"fp8": None}}, "unknown precision 'fp8'"),
+])
+def test_bad_declarations_fail_at_registration_naming_file_and_line(kwargs, message):
+    from harness.core.errors import ModelSpecError
+
+    def make():
+        @register_model(name="bad_declaration", **kwargs)
+        def bad():  # pragma: no cover - never built
+            raise AssertionError
+        return bad
+
+    line = make.__code__.co_firstlineno + 1
+    where = rf"model 'bad_declaration' \(.*test_registry.py:{line}\): "
+    with pytest.raises(ModelSpecError, match=where + ".*" + re.escape(message)):
+        make()
+    assert "bad_declaration" not in _MODELS
+
+
+def test_a_bad_declaration_in_a_zoo_file_names_that_file_and_line(tmp_path):
+    from harness.core.errors import ModelSpecError
+    from model_zoo import load_zoo_file
+
+    zoo = tmp_path / "bad_zoo.py"
+    zoo.write_text("from model_zoo import TensorSpec, register_model\n\n\n"
+                   "@register_model(inputs=[TensorSpec('x', (1, 4), dtype='float99')])\n"
+                   "def bad_zoo_model():\n    raise AssertionError\n")
+    with pytest.raises(ModelSpecError, match=rf"--zoo-file {zoo}: model 'bad_zoo_model' \({zoo}:4\): input 'x': "
+                                             "dtype 'float99' is not a numpy dtype"):
+        load_zoo_file(zoo)
+    assert "bad_zoo_model" not in _MODELS
+
+
+def test_a_raising_factory_is_the_models_error_naming_file_and_line():
+    from harness.core.errors import ModelSpecError
+
+    @register_model(inputs=[TensorSpec("x", (1, 4))], name="raising_factory", tags={"test-only"})
+    def raising_factory():
+        raise RuntimeError("no weights here")
+
+    with pytest.raises(ModelSpecError, match=r"model 'raising_factory' \(.*test_registry.py:\d+\): its factory raised "
+                                             "RuntimeError: no weights here"):
+        get_model("raising_factory").build()
+    assert ModelSpecError("x").cause.value == "model"
+
+
+def test_the_builtin_zoo_declarations_are_valid():
+    assert all(not get_model(n).problems() for n in list_models())

@@ -40,7 +40,7 @@ from harness.core.cache import cached, feeds_digest
 from harness.core.errors import ConversionError, ExportError, UnsupportedPrecision
 from harness.core.machine import module_version
 from harness.core.precision import summarize
-from harness.core.types import Feeds, Precision, TensorSpec
+from harness.core.types import Cause, Feeds, Precision, TensorSpec
 
 if TYPE_CHECKING:
     from harness.model.export import ExportedModel
@@ -63,14 +63,24 @@ class NcnnSession(Session):
         self.executed_precision = executed
 
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
+        # asarray keeps a 0-d input 0-d; a 0-d input has no batch axis and goes whole to every item
         arrays = [np.asarray(feeds[t.name]) for t in self.inputs]
         n = max((a.shape[0] for a in arrays if a.ndim), default=1)
-        if any(a.ndim == 0 or a.shape[0] not in (1, n) for a in arrays):
+        if any(a.ndim and a.shape[0] not in (1, n) for a in arrays):
             shapes = {t.name: a.shape for t, a in zip(self.inputs, arrays, strict=True)}
             raise ValueError(f"ncnn: inputs need a common batch axis 0 (size 1 or {n}); got {shapes}")
-        per_item = [self._run_one([a[i if a.shape[0] > 1 else 0] for a in arrays]) for i in range(n)]
-        return {name: np.concatenate([outs[k] for outs in per_item], axis=0)
-                for k, name in enumerate(self.output_names)}
+        per_item = [self._run_one([a[i if a.shape[0] > 1 else 0] if a.ndim else a for a in arrays])
+                    for i in range(n)]
+        out: dict[str, np.ndarray] = {}
+        for k, (name, rank) in enumerate(zip(self.output_names, self.out_ranks, strict=True)):
+            if rank == 0:  # a 0-d output comes back as a 1-element Mat and has no batch axis to stack on
+                if n != 1:
+                    raise ValueError(f"ncnn: output {name!r} is 0-d: it cannot be assembled from {n} "
+                                     "per-item runs (ncnn Mat has no batch axis)")
+                out[name] = per_item[0][k].reshape(())
+            else:
+                out[name] = np.concatenate([outs[k] for outs in per_item], axis=0)
+        return out
 
     def _run_one(self, items: list[np.ndarray]) -> list[np.ndarray]:
         import ncnn
@@ -128,6 +138,12 @@ class NcnnBackend(Backend):
     def load(self, model: ExportedModel, precision: Precision, workdir: Path,
              calibration: Sequence[Feeds] | None = None) -> Session:
         found = tools.find_tools() if precision is Precision.INT8 else {}
+        ranks = _output_ranks(model)
+        scalars = [n for n, r in zip(model.output_names, ranks, strict=True) if r == 0]
+        if scalars and max(batches := _batch_sizes(model)) > 1:
+            raise ConversionError(f"ncnn: 0-d output(s) {scalars} with batches of {sorted(batches)} are not supported "
+                                  "by the harness: an ncnn Mat has no batch axis, so a batch runs one item at a time "
+                                  "and a 0-d output cannot be assembled from the items", cause=Cause.HARNESS)
         param, log = self.convert(model, fp16=precision is Precision.FP16)
         via = "pnnx ONNX import -> ncnn" if model.spec.onnx_file is not None else "torch.jit.trace -> pnnx -> ncnn"
         settings: dict[str, Any] = {"threads": self.threads, "converter": via,
@@ -146,7 +162,6 @@ class NcnnBackend(Backend):
         settings["cpu"] = cpu_features()
         settings["bin_weight_blobs"] = tools.weight_tags(param.with_suffix(".bin"))
         executed = _executed(precision, param, net, settings)
-        ranks = _output_ranks(model)
         return NcnnSession(net, model.spec.inputs, model.output_names, ranks, param, settings, executed)
 
     def convert(self, model: ExportedModel, fp16: bool) -> tuple[Path, dict[str, Any]]:
@@ -227,7 +242,7 @@ def _trace_inputs(model: ExportedModel) -> tuple[Any, ...]:
         arr = np.asarray(example[t.name])
         if arr.ndim and isinstance(t.shape[0], str):
             arr = arr[:1]
-        args.append(torch.from_numpy(np.ascontiguousarray(arr)))
+        args.append(torch.from_numpy(np.asarray(arr, order="C")))  # ascontiguousarray would make 0-d 1-d
     return tuple(args)
 
 
@@ -252,17 +267,25 @@ def _pnnx_build(model: ExportedModel, tmp: Path, fp16: bool) -> dict[str, Any]:
     try:  # the MHA fast path's aten::_transformer_encoder_layer_fwd breaks pnnx
         with torch.no_grad(), warnings.catch_warnings(), mha_fastpath_disabled():
             warnings.simplefilter("ignore")
-            torch.jit.trace(model.module(), args, check_trace=False).save(str(pt))
+            # the traceable module returns the flattened outputs (dicts, nested tuples, None dropped) in
+            # model.output_names order: pnnx names them out0, out1, ... in that order
+            torch.jit.trace(model.traceable(), args, check_trace=False).save(str(pt))
     except Exception as exc:
         raise ExportError(f"torch.jit.trace (for pnnx) failed: {type(exc).__name__}: {exc}") from exc
     trace_s = time.perf_counter() - start
     shape1 = _shape_arg(model, args, model.spec.default_sizes())
     second = {k: v[1] if len(v) > 1 else v[0] for k, v in model.spec.dynamic_sizes.items()}
     shape2 = _shape_arg(model, args, second)
-    argv = [str(_pnnx_exe()), pt.name, f"inputshape={shape1}", f"fp16={int(fp16)}", f"ncnnparam={tmp.name}",
-            f"ncnnbin={tmp.with_suffix('.bin').name}", "ncnnpy=model_ncnn.py", "pnnxparam=model.pnnx.param",
-            "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py", "pnnxonnx=model.pnnx.onnx"]
     log: dict[str, Any] = {"trace_seconds": round(trace_s, 3), "inputshape": shape1}
+    if any(a.dim() == 0 for a in args):
+        # pnnx parses "[]f32" as no shape at all ("input_shape expect 2 tensors but got 1"); without
+        # inputshape= it reads every shape, 0-d included, from the traced inputs (static shapes)
+        shape1 = shape2 = ""
+        log["inputshape"] = "from the traced inputs (pnnx cannot parse a 0-d shape in inputshape=)"
+    argv = [str(_pnnx_exe()), pt.name, *([f"inputshape={shape1}"] if shape1 else []), f"fp16={int(fp16)}",
+            f"ncnnparam={tmp.name}", f"ncnnbin={tmp.with_suffix('.bin').name}", "ncnnpy=model_ncnn.py",
+            "pnnxparam=model.pnnx.param",
+            "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py", "pnnxonnx=model.pnnx.onnx"]
     start = time.perf_counter()
     proc = _run_pnnx(argv + ([f"inputshape2={shape2}"] if shape2 != shape1 else []), folder)
     if shape2 != shape1 and (proc.returncode != 0 or not tmp.is_file()):
@@ -370,6 +393,17 @@ def _executed(precision: Precision, param: Path, net: Any, settings: dict[str, A
     fp16_storage = settings["bin_weight_blobs"]["fp16"] > 0 or (opt["use_fp16_storage"] and cpu["x86_f16c"])
     settings["fp16_arithmetic_layers"] = counts.get("fp16", 0)
     return summarize(counts, storage="fp16" if fp16_storage and counts.get("fp32") else None)
+
+
+def _batch_sizes(model: ExportedModel) -> set[int]:
+    """Every size axis 0 of an input takes (``NcnnSession.run`` runs that many items one at a time)."""
+    sizes = {1}
+    for t in model.spec.inputs:
+        if t.shape and isinstance(t.shape[0], str):
+            sizes.update(model.spec.dynamic_sizes.get(t.shape[0], ()))
+        elif t.shape:
+            sizes.add(int(t.shape[0]))
+    return sizes
 
 
 def _output_ranks(model: ExportedModel) -> list[int]:

@@ -77,3 +77,8 @@ class ModelError(HarnessError):
 
     status = Status.ERROR
     cause = Cause.MODEL
+
+
+class ModelSpecError(ModelError):
+    """A model's declaration is invalid (unknown dtype, negative dimension, no sizes for an axis, a factory
+    that returns no module): raised at registration or build, naming the model's file and line."""

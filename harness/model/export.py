@@ -16,12 +16,18 @@ import io
 import json
 import re
 import shutil
+import sys
+import sysconfig
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from harness.core.cache import cache_root, cached, sha256_file
 from harness.core.errors import ExportError
@@ -75,13 +81,18 @@ class ExportedModel:
 
     @cached_property
     def key(self) -> str:
-        """Content hash of model source, weights, export settings and torch version."""
+        """Content hash of everything an export depends on: the declaration, the source of every class and
+        project module the built module uses (``source_files``), the weights, export settings, torch version."""
         if self.spec.onnx_file is not None:  # ONNX-native: the shipped file is the weights and the graph
             return hashlib.sha256(f"{self.spec.fingerprint()}|{sha256_file(Path(self.spec.onnx_file))}".encode()
                                   ).hexdigest()[:20]
         import torch
 
         h = hashlib.sha256(self.spec.fingerprint().encode())
+        # names and contents, not paths: one cache serves every checkout and virtual environment
+        sources = sorted((p.name, hashlib.sha256(p.read_bytes()).hexdigest())
+                         for p in source_files(self.module(), self.spec.factory))
+        h.update(repr(sources).encode())
         for name, tensor in self.module().state_dict().items():
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -121,7 +132,34 @@ class ExportedModel:
 
     @property
     def output_names(self) -> list[str]:
-        return list(self.spec.outputs)
+        """Output names every consumer uses: the declared ``outputs``, else named by OUTPUT_NAMING from one
+        forward pass on the export example (cached beside the artifacts)."""
+        if self.spec.outputs is not None:
+            return list(self.spec.outputs)
+        return list(self._output_info["names"])
+
+    def traceable(self) -> nn.Module:
+        """The module exporters and tracers get: itself when it returns a tensor or a flat tuple of tensors,
+        else wrapped to return the flattened outputs (``reference.flat_module``) in ``output_names`` order."""
+        from harness.model.reference import flat_module
+
+        return self.module() if self._output_info["plain"] else flat_module(self.module(), self.input_names)
+
+    @cached_property
+    def _output_info(self) -> dict[str, Any]:
+        if self.spec.onnx_file is not None:
+            import onnx
+
+            graph = onnx.load(str(self.spec.onnx_file), load_external_data=False).graph
+            return {"names": [o.name for o in graph.output], "plain": True}
+
+        def discover() -> dict[str, Any]:
+            from harness.model.reference import output_structure
+
+            names, plain = output_structure(self.module(), self.example_feeds(), self.input_names)
+            return {"names": names, "plain": plain}
+
+        return cached_json(self.artifact("outputs.json"), discover)
 
 
 def native_onnx(model: ExportedModel) -> OnnxExport:
@@ -154,45 +192,60 @@ def export_onnx(model: ExportedModel) -> OnnxExport:
 
         log["opset"] = next((o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import
                              if o.domain in ("", "ai.onnx")), opset)
+        # written under the artifact's lock, before the export is renamed into place: whoever sees the
+        # export sees its metadata
+        tmp_meta = tmp.with_suffix(".json")
+        tmp_meta.write_text(json.dumps(log))
+        tmp_meta.replace(meta_path)
 
     cached(path, build)
     fresh = bool(log)
-    if fresh:
-        meta_path.write_text(json.dumps(log))
-    elif meta_path.exists():
-        log = json.loads(meta_path.read_text())
+    if not fresh and not isinstance(log := _read_json(meta_path), dict):
+        # missing, empty or corrupt metadata (a crash, an older cache, an edit): rebuild, never fail every run
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        log = {}
+        cached(path, build)
+        fresh = True
     return OnnxExport(path, exporter, int(log.get("opset", opset)), float(log.get("seconds", 0.0)),
                       tuple(log.get("warnings", ())), str(log.get("checker", "unknown")), not fresh)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _export(model: ExportedModel, path: Path, exporter: str, opset: int) -> list[str]:
     import torch
 
     from harness.model.inputs import export_example
-    from harness.model.reference import mha_fastpath_disabled
+    from harness.model.reference import mha_fastpath_disabled, run_torch
 
     spec = model.spec
     example = export_example(spec)
-    args = tuple(torch.from_numpy(example[t.name]) for t in spec.inputs)
+    args = tuple(torch.from_numpy(np.asarray(example[t.name], order="C")) for t in spec.inputs)
+    names = model.output_names
+    module = model.traceable()
     dynamic_axes: dict[str, dict[int, str]] = {t.name: t.dynamic_axes for t in spec.inputs if t.dynamic_axes}
     if dynamic_axes:  # outputs follow the inputs' dynamic sizes: let every output axis be free
-        with torch.no_grad(), mha_fastpath_disabled():
-            outs = model.module()(*args)
-        outs = outs if isinstance(outs, tuple | list) else (outs,)
-        for name, out in zip(spec.outputs, outs, strict=False):
-            dynamic_axes[name] = {i: f"{name}_dim{i}" for i in range(out.dim())}
+        outs = run_torch(model.module(), example, model.input_names, names)
+        for name in names:
+            if outs[name].ndim:
+                dynamic_axes[name] = {i: f"{name}_dim{i}" for i in range(outs[name].ndim)}
     caught: list[str] = []
     stderr = io.StringIO()
     try:
         with warnings.catch_warnings(record=True) as records, contextlib.redirect_stderr(stderr), torch.no_grad(), \
                 mha_fastpath_disabled():
             warnings.simplefilter("always")
-            kwargs: dict[str, Any] = dict(input_names=[t.name for t in spec.inputs], output_names=list(spec.outputs),
+            kwargs: dict[str, Any] = dict(input_names=[t.name for t in spec.inputs], output_names=names,
                                           opset_version=opset, dynamic_axes=dynamic_axes or None)
             if exporter == "dynamo":
-                torch.onnx.export(model.module(), args, str(path), dynamo=True, external_data=False, **kwargs)
+                torch.onnx.export(module, args, str(path), dynamo=True, external_data=False, **kwargs)
             elif exporter == "torchscript":
-                torch.onnx.export(model.module(), args, str(path), dynamo=False, **kwargs)
+                torch.onnx.export(module, args, str(path), dynamo=False, **kwargs)
             else:
                 raise ExportError(f"unknown exporter {exporter!r}; known: torchscript, dynamo")
         caught = sorted({f"{w.category.__name__}: {w.message}" for w in records})
@@ -213,3 +266,59 @@ def _check(path: Path) -> str:
     except Exception as exc:
         raise ExportError(f"onnx.checker rejected the export: {exc}") from exc
     return "ok"
+
+
+def cached_json(path: Path, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A small JSON artifact built by ``make()`` through the cache; an unreadable copy is rebuilt once."""
+    for _ in range(2):
+        cached(path, lambda tmp: tmp.write_text(json.dumps(make())))
+        if isinstance(data := _read_json(path), dict):
+            return data
+        path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+    return make()
+
+
+_INFRA = ("model_zoo", "model_zoo.registry", "model_zoo.lookup", "model_zoo.listing", "model_zoo.catalog")
+"""The harness's own modules: what a model is registered with, not what it computes (never hashed)."""
+
+
+def source_files(module: nn.Module, factory: Callable[..., Any]) -> list[Path]:
+    """Source files a built module depends on, for the cache key.
+
+    Seeds: the factory's module and the module of every class (and base class) in ``module.modules()``.
+    Project modules (not stdlib, not site-packages) are followed through their globals (imported modules,
+    functions, classes), so a forward in a helper file, or a helper of that helper, is covered. Library files
+    reached this way are hashed but not followed; torch (its version is in the key), the stdlib and the
+    harness itself are skipped. Imports inside function bodies are not seen.
+    """
+    paths = sysconfig.get_paths()
+    stdlib = tuple(str(Path(paths[k]).resolve()) for k in ("stdlib", "platstdlib") if k in paths)
+    libs = tuple(str(Path(paths[k]).resolve()) for k in ("purelib", "platlib") if k in paths)
+    queue = [getattr(factory, "__module__", None)]
+    queue += [cls.__module__ for m in module.modules() for cls in type(m).__mro__]
+    seen: set[str] = set()
+    files: set[Path] = set()
+    while queue:
+        name = queue.pop()
+        if not isinstance(name, str) or name in seen:
+            continue
+        seen.add(name)
+        if name.split(".")[0] in ("torch", "builtins", "harness") or name in _INFRA:
+            continue
+        mod = sys.modules.get(name)
+        file = getattr(mod, "__file__", None)
+        if mod is None or not file or not file.endswith(".py"):
+            continue
+        path = Path(file).resolve()
+        library = str(path).startswith(libs) or not {"site-packages", "dist-packages"}.isdisjoint(path.parts)
+        if str(path).startswith(stdlib) and not library:
+            continue
+        files.add(path)
+        if library:
+            continue
+        for value in vars(mod).values():
+            if isinstance(value, ModuleType):
+                queue.append(value.__name__)
+            elif isinstance(value, type) or callable(value):
+                queue.append(getattr(value, "__module__", None))
+    return sorted(files)

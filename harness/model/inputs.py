@@ -35,6 +35,11 @@ class InputSet:
 
 
 def _tensor(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, kind: str) -> np.ndarray:
+    # numpy returns scalars, not 0-d arrays, for shape (): engines need an ndarray of the declared rank
+    return np.asarray(_values(spec, shape, rng, kind), dtype=spec.dtype)
+
+
+def _values(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, kind: str) -> np.ndarray:
     if spec.is_integer:
         low = int(spec.low if spec.low is not None else 0)
         high = int(spec.high if spec.high is not None else 2)
@@ -54,6 +59,12 @@ def _tensor(spec: TensorSpec, shape: tuple[int, ...], rng: np.random.Generator, 
     return x.astype(spec.dtype)
 
 
+def as_arrays(feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """A model's own feeds (``example``, ``input_sets``, ``calibration``) as arrays: a Python or numpy scalar
+    becomes a 0-d array."""
+    return {k: v if isinstance(v, np.ndarray) else np.asarray(v) for k, v in feeds.items()}
+
+
 def make_feeds(spec: ModelSpec, rng: np.random.Generator, kind: str = "normal",
                sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """One feed dict: ``kind`` is normal, uniform, zeros, ones or large."""
@@ -64,7 +75,7 @@ def make_feeds(spec: ModelSpec, rng: np.random.Generator, kind: str = "normal",
 def export_example(spec: ModelSpec) -> dict[str, np.ndarray]:
     """The tensor the model is traced with (never used for comparison)."""
     if spec.example is not None:
-        return dict(spec.example())
+        return as_arrays(spec.example())
     return make_feeds(spec, np.random.default_rng(EXPORT_SEED), "uniform")
 
 
@@ -83,11 +94,12 @@ def input_sets(spec: ModelSpec, seed: int = COMPARE_SEED) -> list[InputSet]:
     rng = np.random.default_rng(seed)
     sets: list[InputSet] = []
     if spec.input_sets is not None:
-        sets += [InputSet(name, dict(feeds)) for name, feeds in spec.input_sets(rng).items()]
+        sets += [InputSet(name, as_arrays(feeds)) for name, feeds in spec.input_sets(rng).items()]
     else:
         sets += [InputSet("random", make_feeds(spec, rng)), InputSet("random-2", make_feeds(spec, rng))]
     if any(not t.is_integer for t in spec.inputs):
-        sets += [InputSet(kind, make_feeds(spec, rng, kind), in_distribution=False) for kind in ("zeros", "ones", "large")]
+        sets += [InputSet(kind, make_feeds(spec, rng, kind), in_distribution=False)
+                 for kind in ("zeros", "ones", "large")]
     for sizes in dynamic_variants(spec):
         label = ",".join(f"{k}={v}" for k, v in sizes.items())
         sets.append(InputSet(f"random[{label}]", make_feeds(spec, rng, sizes=sizes)))
@@ -97,6 +109,6 @@ def input_sets(spec: ModelSpec, seed: int = COMPARE_SEED) -> list[InputSet]:
 def calibration_set(spec: ModelSpec, count: int = 16, seed: int = CALIBRATION_SEED) -> Sequence[Feeds]:
     """INT8 calibration feeds: the model's own domain data when declared, else seeded normal."""
     if spec.calibration is not None:
-        return list(spec.calibration(count))
+        return [as_arrays(feeds) for feeds in spec.calibration(count)]
     rng = np.random.default_rng(seed)
     return [make_feeds(spec, rng) for _ in range(count)]
