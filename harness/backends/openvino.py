@@ -54,7 +54,7 @@ class OpenVinoSession(Session):
         self.ports = _output_ports(compiled, output_names)
 
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        self.request.infer({k: np.asarray(v, order="C") for k, v in feeds.items()})
         return {name: np.array(self.request.get_tensor(port).data, copy=True) for name, port in self.ports.items()}
 
     def close(self) -> None:
