@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("compare", help="compare two runs; exit 1 regression, 2 nothing comparable, 3 missing "
-                       "cases or measurements", epilog=COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       "cases or measurements", epilog=COMPARE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("baseline", help="run directory, or results directory (newest record per case)")
     s.add_argument("current", help="run directory, or results directory (newest record per case)")
     s.add_argument("--fail-on", action="append", default=[], metavar="ITEM",

@@ -232,7 +232,8 @@ def test_lost_cases_exit_3_naming_them(tmp_path):
     assert outcome.exit_code == 3, outcome.text
     assert outcome.regressions == []
     names = {m.case for m in outcome.missing}
-    assert len(names) == 13 and all(" ort " in n for n in names)
+    assert len(names) == 13
+    assert all(" ort " in n for n in names)
     assert "MISSING srcnn_tiny ort fp32 [perf]: pass in the baseline, no record in the current run" in outcome.text
     assert "missing: no record in the current run (13)" in outcome.text
     assert compare_runs(RUN_A, lost, ["p50:10%", "no-missing"]).exit_code == 0
@@ -277,7 +278,8 @@ def test_pass_to_skipped_is_a_status_regression_grouped_by_cause(tmp_path):
     assert sum(r.metric == "status" for r in outcome.regressions) == 6  # ov: 8 cases, 6 passed in run-a
     text = outcome.text
     assert "failures by cause:" in text
-    assert "  environment (6):" in text and "  engine (1):" in text
+    assert "  environment (6):" in text
+    assert "  engine (1):" in text
     assert text.index("  environment (6):") < text.index("  engine (1):")  # biggest group first
     assert "REGRESSION srcnn_tiny ov fp32 [perf]: status pass -> skipped: ov: openvino not installed" in text
     relaxed = compare_runs(RUN_A, derive(tmp_path, "s2", skip), ["p50:10%", "no-status"])
@@ -299,10 +301,13 @@ def test_gate_names_parse_and_switch_off():
     from harness.report.thresholds import parse_criteria
 
     c = parse_criteria(["p50:10%", "no-status", "missing"])
-    assert c.gates == {"missing", "unmeasured"} and c.explicit
+    assert c.gates == {"missing", "unmeasured"}
+    assert c.explicit
     assert str(c) == "p50:10%, missing, unmeasured, no-status"
     d = parse_criteria([])
-    assert d.thresholds == (FailOn("p50", 0.1, True, "%"),) and not d.explicit and d.gates == {
+    assert d.thresholds == (FailOn("p50", 0.1, True, "%"),)
+    assert not d.explicit
+    assert d.gates == {
         "missing", "unmeasured", "status"}
     with pytest.raises(FailOnSyntaxError, match="or a gate: missing, unmeasured, status"):
         parse_criteria(["mising"])
@@ -326,8 +331,11 @@ def test_cli_exit_codes(tmp_path):
     assert _cli("compare", str(RUN_A), str(RUN_B), "--fail-on", "p50:10%")[0] == 1
     assert _cli("compare", str(RUN_A), str(RUN_C))[0] == 2
     code, out, _ = _cli("compare", str(RUN_A), str(lost), "--fail-on", "p50:10%", "--fail-on", "missing")
-    assert code == 3 and "FAIL (exit 3): 4 missing case(s)" in out
+    assert code == 3
+    assert "FAIL (exit 3): 4 missing case(s)" in out
     code, _, err = _cli("compare", str(RUN_A), str(RUN_A), "--fail-on", "p42:1%")
-    assert code == 2 and "unknown metric 'p42'" in err
+    assert code == 2
+    assert "unknown metric 'p42'" in err
     code, _, err = _cli("compare", str(RUN_A), str(RUN_A), "-o", str(tmp_path))
-    assert code == 2 and "is a directory" in err
+    assert code == 2
+    assert "is a directory" in err

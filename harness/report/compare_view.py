@@ -8,8 +8,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from harness.report.page import Column, figure, note, page, section, table, write_atomic
-from harness.report.regress import EXIT_NOTHING, CompareOutcome, compare_outcome, diffs_frame
+from harness.report.regress import EXIT_NOTHING, CaseDiff, CompareOutcome, compare_outcome, table_rows
 from harness.report.text import esc, pesc, pwrap
 
 
@@ -36,6 +38,23 @@ COLUMNS = [
     Column("mem_change", "peak MB change", numeric=True, render=_pct), Column("cosine", "cosine"),
     Column("why", "why", wide=True),
 ]
+
+
+def diffs_frame(diffs: Sequence[CaseDiff]) -> pd.DataFrame:
+    """One row per matched case with the compared values (for the HTML view)."""
+    rows = []
+    for d, cells in zip(diffs, table_rows(diffs), strict=True):
+        sig = d.significance
+        trials = sig is not None and not sig.weak
+        rows.append({"outcome": d.outcome, "case": d.label, "model": d.key[1], "backend": d.key[2],
+                     "precision": d.key[3], "base_status": d.base["status"], "cur_status": d.cur["status"],
+                     "base_p50": sig.baseline_ms if trials else d.base.get("p50_ms"),
+                     "cur_p50": sig.current_ms if trials else d.cur.get("p50_ms"),
+                     "p50_change": d.change("p50_ms"), "p99_change": d.change("p99_ms"),
+                     "mem_change": d.change("peak_rss_mb"), "p_value": sig.p_value if sig else math.nan,
+                     "evidence": "" if sig is None else "weak" if sig.weak else "trials",
+                     "cosine": cells[8], "why": cells[9]})
+    return pd.DataFrame(rows)
 
 
 def _change_figure(frame: Any) -> Any:

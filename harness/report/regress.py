@@ -14,11 +14,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from harness.core.types import FAILING, PASSING
 from harness.report.load import CASE_KEY, Runs, latest, load_runs
-from harness.report.thresholds import ALPHA, METRICS, TRIAL_ALPHA, Criteria, FailOn, Significance, latency_test, parse_criteria
+from harness.report.thresholds import (
+    ALPHA,
+    METRICS,
+    TRIAL_ALPHA,
+    Criteria,
+    FailOn,
+    Significance,
+    latency_test,
+    parse_criteria,
+)
 
 BROKEN = FAILING | {"unsupported"}
 """A case that passed before and now ends in one of these is a regression whatever the thresholds."""
@@ -218,18 +225,14 @@ def _short(value: float) -> str:
     return f"{value:.6f}" if 0.99 < value <= 1.0 else f"{value:.4g}"
 
 
-def _rows(runs: Runs) -> dict[tuple[str, ...], dict[str, Any]]:
-    frame = latest(runs.frame)
-    return {tuple(r[k] for k in CASE_KEY): r for r in frame.to_dict("records")}
-
-
 def diff_runs(baseline: Runs, current: Runs, criteria: Criteria | Sequence[FailOn]
               ) -> tuple[list[CaseDiff], list[str], list[str], list[Regression]]:
     """Case diffs of matched cases, the labels of cases only in the baseline / only in current, and the
     missing-case findings (baseline cases on a machine the current run also has or on none at all)."""
     if not isinstance(criteria, Criteria):
         criteria = Criteria(tuple(criteria))
-    base, cur = _rows(baseline), _rows(current)
+    base, cur = ({tuple(r[k] for k in CASE_KEY): r for r in latest(runs.frame).to_dict("records")}
+                 for runs in (baseline, current))
     multi = len({k[0] for k in base} | {k[0] for k in cur}) > 1
     diffs = [_check(k, case_label(k, machine=multi), base[k], cur[k], criteria) for k in base if k in cur]
     diffs.sort(key=lambda d: (OUTCOME_ORDER[d.outcome], d.label))
@@ -244,8 +247,8 @@ def _pct(value: float) -> str:
     return "" if math.isnan(value) else f"{value:+.1%}"
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
+def _num(value: Any) -> str:
+    return f"{value:.3g}" if _finite(value) else "-"
 
 
 def table_rows(diffs: Sequence[CaseDiff]) -> list[list[str]]:
@@ -298,8 +301,8 @@ def render_text(outcome_parts: dict[str, Any], max_same: int = 40) -> str:
     widths = [min(max([len(h), *(len(r[i]) for r in rows)]), 60 if i == 1 else 200) for i, h in enumerate(HEADER)]
     criteria = outcome_parts.get("criteria")
     lines = [outcome_parts["title"], f"fail on: {criteria or ', '.join(map(str, outcome_parts['thresholds']))} "
-             f"(latency: Welch t on log trial medians at alpha {TRIAL_ALPHA} AND the threshold; records without trials: "
-             f"Mann-Whitney over iterations at alpha {ALPHA}, weak evidence, p marked w)", ""]
+             f"(latency: Welch t on log trial medians at alpha {TRIAL_ALPHA} AND the threshold; records without "
+             f"trials: Mann-Whitney over iterations at alpha {ALPHA}, weak evidence, p marked w)", ""]
     for row in [HEADER, *rows]:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     if len(same) > max_same:
@@ -351,8 +354,7 @@ def _vacuous(criteria: Criteria, diffs: Sequence[CaseDiff]) -> list[Regression]:
     return out
 
 
-def compare_outcome(baseline: str | Path, current: str | Path, fail_on: Sequence[str] = (),
-                    ) -> CompareOutcome:
+def compare_outcome(baseline: str | Path, current: str | Path, fail_on: Sequence[str] = ()) -> CompareOutcome:
     """Compare two runs (or results dirs: newest record per case) case by case on the same machine.
 
     ``fail_on``: ``--fail-on`` items (``parse_criteria``). A passing case that now fails is always a regression;
@@ -386,29 +388,10 @@ def compare_outcome(baseline: str | Path, current: str | Path, fail_on: Sequence
                                        "both runs")
     else:
         code, verdict = EXIT_OK, ""
-    parts = {"title": title, "thresholds": criteria.thresholds, "diffs": diffs, "only_baseline": only_b,
-             "only_current": only_c, "regressions": regressions, "missing": missing, "unmeasured": unmeasured,
-             "criteria": criteria, "verdict": verdict}
-    return CompareOutcome(text=render_text(parts), regressions=regressions, exit_code=code, diffs=diffs,
-                          only_baseline=only_b, only_current=only_c, thresholds=criteria.thresholds, title=title,
-                          missing=missing, unmeasured=unmeasured, criteria=criteria, verdict=verdict)
-
-
-def diffs_frame(diffs: Sequence[CaseDiff]) -> pd.DataFrame:
-    """One row per matched case with the compared values (for the HTML view)."""
-    rows = []
-    for d, cells in zip(diffs, table_rows(diffs), strict=True):
-        sig = d.significance
-        trials = sig is not None and not sig.weak
-        rows.append({"outcome": d.outcome, "case": d.label, "model": d.key[1], "backend": d.key[2],
-                     "precision": d.key[3], "base_status": d.base["status"], "cur_status": d.cur["status"],
-                     "base_p50": sig.baseline_ms if trials else d.base.get("p50_ms"),
-                     "cur_p50": sig.current_ms if trials else d.cur.get("p50_ms"),
-                     "p50_change": d.change("p50_ms"), "p99_change": d.change("p99_ms"),
-                     "mem_change": d.change("peak_rss_mb"), "p_value": sig.p_value if sig else math.nan,
-                     "evidence": "" if sig is None else "weak" if sig.weak else "trials",
-                     "cosine": cells[8], "why": cells[9]})
-    return pd.DataFrame(rows)
+    outcome = CompareOutcome(text="", regressions=regressions, exit_code=code, diffs=diffs, only_baseline=only_b,
+                             only_current=only_c, thresholds=criteria.thresholds, title=title, missing=missing,
+                             unmeasured=unmeasured, criteria=criteria, verdict=verdict)
+    return replace(outcome, text=render_text(outcome.parts()))
 
 
 __all__ = ["EXIT_MISSING", "EXIT_NOTHING", "EXIT_OK", "EXIT_REGRESSION", "METRICS", "CaseDiff", "CompareOutcome",
