@@ -258,7 +258,8 @@ def test_missing_or_nan_latency_exits_3(tmp_path, latency):
     assert outcome.exit_code == 3, outcome.text
     (finding,) = outcome.unmeasured
     assert finding.case == "resnet_tiny ort fp32 [perf]"
-    assert "p50 measured in the baseline, missing or NaN in the current run although the case pass" in finding.detail
+    assert "p50 measured in the baseline, missing or NaN in the current run although its verdict is pass" \
+        in finding.detail
     assert outcome.diffs[0].outcome == "UNMEASURED"
     assert compare_runs(RUN_A, derive(tmp_path, "u2", unmeasure), ["p50:10%", "no-unmeasured"]).exit_code == 0
 

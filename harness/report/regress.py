@@ -197,7 +197,7 @@ def _check(key: tuple[str, ...], label: str, base: dict[str, Any], cur: dict[str
     if unmeasured and "unmeasured" in criteria.gates:
         missing_m.append(Regression(
             label, "unmeasured", "measured", "not measured", "", f"{', '.join(unmeasured)} measured in the baseline, "
-            f"missing or NaN in the current run although the case {cur['status']}", kind="unmeasured"))
+            f"missing or NaN in the current run although its verdict is {cur['status']}", kind="unmeasured"))
     elif unmeasured:
         notes.append(f"{', '.join(unmeasured)} not measured in the current run")
     diff = CaseDiff(key, label, base, cur, sig, tuple(regs), tuple(notes), unmeasured=tuple(missing_m),

@@ -196,7 +196,8 @@ def _compare_cell(n: Night) -> str:
     text = f'<span class="{cls}">{esc(c.get("summary", ""))}</span>'
     if code is None:
         return text
-    counts = ", ".join(f"{c[k]} {k}" for k in ("regressions", "missing", "unmeasured") if c.get(k))
+    labels = {"regressions": "regression(s)", "missing": "missing case(s)", "unmeasured": "missing measurement(s)"}
+    counts = ", ".join(f"{c[k]} {label}" for k, label in labels.items() if c.get(k))
     return (f"{text} (exit {esc(code)}{'; ' + esc(counts) if counts else ''}) vs {esc(c.get('baseline'))}: "
             f"{_link(f'nights/{n.slug}/compare.html', 'view')} {_link(f'nights/{n.slug}/compare.txt', 'text')}")
 
