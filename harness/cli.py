@@ -1,11 +1,12 @@
-"""The ``harness`` command: backends, models, run, report, compare, trend."""
+"""The ``harness`` command: backends, models, run, report, compare, trend, site."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -58,26 +59,90 @@ def _cmd_run(args: argparse.Namespace) -> int:
                        threads=args.threads)
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
-    from harness.report import build_report
+def _reading(command: str, work: Callable[[], int]) -> int:
+    """Run a report command: unreadable lines become one-line warnings; file errors exit 2 with the reason."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        try:
+            code = work()
+        except OSError as exc:
+            print(f"harness {command}: error: {exc}", file=sys.stderr)
+            code = 2
+        finally:
+            for w in caught:
+                if issubclass(w.category, RuntimeWarning):
+                    print(f"harness {command}: warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return code
 
-    print(build_report(args.results, args.output))
-    return 0
+
+def _check_output(path: str | Path, example: str) -> Path:
+    """Refuse an output that is a directory before minutes of work; the write itself reports the rest."""
+    from harness.report.page import OutputPathError
+
+    out = Path(path)
+    if out.is_dir():
+        raise OutputPathError(f"output {out} is a directory: pass a file name such as {out / example}")
+    return out
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    def work() -> int:
+        from harness.report.dashboard import render
+        from harness.report.load import load_runs
+        from harness.report.page import write_atomic
+
+        out = _check_output(args.output, "report.html")
+        print(write_atomic(out, render(load_runs(args.results))))
+        return 0
+
+    return _reading("report", work)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from harness.report import compare_runs
+    def work() -> int:
+        from harness.report import compare_runs
 
-    outcome = compare_runs(args.baseline, args.current, args.fail_on or ("p50:10%",), args.output)
-    print(outcome.text)
-    return outcome.exit_code
+        out = _check_output(args.output, "compare.html") if args.output else None
+        outcome = compare_runs(args.baseline, args.current, args.fail_on, out)
+        print(outcome.text)
+        return outcome.exit_code
+
+    return _reading("compare", work)
 
 
 def _cmd_trend(args: argparse.Namespace) -> int:
-    from harness.report import trend_report
+    def work() -> int:
+        from harness.report import trend_report
 
-    print(trend_report(args.results, args.output))
-    return 0
+        print(trend_report(args.results, _check_output(args.output, "trend.html")))
+        return 0
+
+    return _reading("trend", work)
+
+
+def _cmd_site(args: argparse.Namespace) -> int:
+    def work() -> int:
+        from harness.report.site import build_site
+
+        print(build_site(args.nights, args.output, fail_on=args.fail_on, keep=args.keep))
+        return 0
+
+    return _reading("site", work)
+
+
+COMPARE_EPILOG = """\
+--fail-on items: METRIC:THRESHOLD (p50:10%, p99:20%, p50:0.5ms, cosine:0.001, peak_rss_mb:15%;
+default p50:10% when no metric is given), or a gate: missing (a baseline case has no record in the current run),
+unmeasured (a measurement the baseline had is missing or NaN although the case passes, or an explicit
+threshold judged no case), status (pass -> skipped, pass -> fallback). Gates are on by default; no-missing,
+no-unmeasured, no-status switch one off. A passing case that now fails is always a regression.
+Latency: a threshold counts only when the trial medians (latency.trials_p50_ms, k >= 3) are significantly
+slower (one-sided Welch t on logs, alpha 0.05); older records fall back to Mann-Whitney over iterations
+(alpha 0.01, weak evidence); a cell flagged unstable is never gated.
+exit codes: 0 ok; 1 regression; 2 nothing comparable (no machine or case in common) or usage error;
+3 no regression but missing cases or measurements."""
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -120,11 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="report.html", help="output HTML file (default report.html)")
     s.set_defaults(func=_cmd_report)
 
-    s = sub.add_parser("compare", help="compare two runs; exit 1 on a regression beyond the thresholds")
-    s.add_argument("baseline")
-    s.add_argument("current")
-    s.add_argument("--fail-on", action="append", default=[], metavar="METRIC:THRESHOLD",
-                   help="e.g. p50:10%%, p99:20%%, cosine:0.001, peak_rss_mb:15%% (repeatable; default p50:10%%)")
+    s = sub.add_parser("compare", help="compare two runs; exit 1 regression, 2 nothing comparable, 3 missing "
+                       "cases or measurements", epilog=COMPARE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("baseline", help="run directory, or results directory (newest record per case)")
+    s.add_argument("current", help="run directory, or results directory (newest record per case)")
+    s.add_argument("--fail-on", action="append", default=[], metavar="ITEM",
+                   help="METRIC:THRESHOLD or a gate (missing, unmeasured, status; no-GATE switches it off); "
+                        "repeatable or comma-separated; default p50:10%% plus every gate")
     s.add_argument("-o", "--output", default=None, help="also write an HTML comparison view")
     s.set_defaults(func=_cmd_compare)
 
@@ -132,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("results", nargs="+")
     s.add_argument("-o", "--output", default="trend.html")
     s.set_defaults(func=_cmd_trend)
+
+    s = sub.add_parser("site", help="the nightly site: index of nights and machines, each night's report and "
+                       "comparison, the trend, one shared plotly.js")
+    s.add_argument("nights", help="directory of nights: <nights>/<night>/<run-id>/records.jsonl")
+    s.add_argument("-o", "--output", default="site", help="site directory (default site/)")
+    s.add_argument("--fail-on", action="append", default=[], metavar="ITEM",
+                   help="criteria of each night's comparison with the night before (as harness compare)")
+    s.add_argument("--keep", type=int, default=30, help="newest nights shown (default 30; 0 = all)")
+    s.set_defaults(func=_cmd_site)
     return p
 
 

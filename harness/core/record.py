@@ -62,13 +62,62 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
-        """Build from a parsed line; unknown keys (newer schema) go to ``extra``."""
+        """Build from a parsed line; unknown keys (newer schema) go to ``extra``.
+
+        Raises TypeError naming the field when the line is not an object, lacks an identifying field or
+        holds a field of the wrong JSON type (``"latency": "fast"``): readers skip such a line.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"a record is a JSON object, got a JSON {json_type(data)}")
         names = {f.name for f in dataclasses.fields(cls)}
         known = {k: v for k, v in data.items() if k in names}
         unknown = {k: v for k, v in data.items() if k not in names}
+        for key, value in known.items():
+            _check_field(key, value)
+        missing = [k for k in _REQUIRED if k not in known]
+        if missing:
+            raise TypeError(f"record lacks {', '.join(missing)}")
         if unknown:
             known["extra"] = {**known.get("extra", {}), **unknown}
         return cls(**known)
+
+
+_REQUIRED = ("run_id", "model", "backend", "precision", "status")
+_KINDS: dict[str, tuple[type, ...]] = {
+    "string": (str,), "object": (dict,), "array": (list,), "number": (int, float, str), "integer": (int,),
+}
+# The JSON type each field may hold when read back (None is accepted where the field is optional);
+# numbers may be strings because non-finite floats are written as "nan"/"inf".
+_FIELD_KINDS = {
+    **dict.fromkeys(("run_id", "model", "backend", "precision", "status", "suite", "reason", "cause",
+                     "executed_precision", "precision_match", "backend_version", "test_id", "machine_id"), "string"),
+    **dict.fromkeys(("metrics", "settings", "export", "timings_s", "extra"), "object"),
+    **dict.fromkeys(("outputs", "input_sets", "throughput"), "array"),
+    **dict.fromkeys(("started_at", "duration_s"), "number"),
+    "schema": "integer",
+}
+_OPTIONAL_KINDS = {"artifact": "string", "artifact_mb": "number", "latency": "object", "peak_rss_mb": "number",
+                   "accuracy": "number", "known_failure": "object"}
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (for messages about odd lines)."""
+    names = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+             dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_field(key: str, value: Any) -> None:
+    kind = _FIELD_KINDS.get(key) or _OPTIONAL_KINDS.get(key)
+    if kind is None or (value is None and key in _OPTIONAL_KINDS):
+        return
+    if isinstance(value, bool) or not isinstance(value, _KINDS[kind]):
+        raise TypeError(f"field {key!r} must be a JSON {kind}, got a JSON {json_type(value)}: {str(value)[:40]!r}")
+    if kind == "number":
+        try:
+            float(value)  # a 400-digit integer overflows; "fast" is no number
+        except (ValueError, OverflowError) as exc:
+            raise TypeError(f"field {key!r} is not a usable number: {str(value)[:40]!r} ({exc})") from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import pandas as pd
 
 from harness.core.record import Record
 from harness.core.types import backend_sort_key, precision_sort_key
-from harness.results import iter_run_dirs, read_records
+from harness.results import iter_run_dirs, read_records, read_run_info
 
 CASE_KEY = ["machine_id", "model", "backend", "precision", "suite"]
 """Columns that identify one case on one machine (across runs)."""
@@ -59,6 +58,13 @@ class Runs:
         """The records of one machine."""
         return self.frame[self.frame["machine_id"] == machine_id]
 
+    def runs_of(self, machine_id: str) -> list[RunInfo]:
+        """The runs holding records of ``machine_id`` (a run id may span machines: shards sharing --run-id),
+        plus record-less runs whose run.json names it; ordered by start."""
+        ids = set(self.frame.loc[self.frame["machine_id"] == machine_id, "run_id"]) if len(self.frame) else set()
+        mine = [r for r in self.runs.values() if r.run_id in ids or r.machine_id == machine_id]
+        return sorted(mine, key=lambda r: (r.started_at, r.run_id))
+
 
 def _num(value: Any) -> float:
     """A float from a record value; non-finite floats were stored as strings ("nan", "inf")."""
@@ -66,16 +72,29 @@ def _num(value: Any) -> float:
         return math.nan
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of hundreds of digits
         return math.nan
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _finite(values: Any) -> list[float]:
+    return [x for x in map(_num, _list(values)) if math.isfinite(x)]
 
 
 def record_row(rec: Record) -> dict[str, Any]:
     """Flatten one record into the columns the report uses."""
-    lat = rec.latency or {}
-    metrics = rec.metrics or {}
-    extra = rec.extra or {}
-    known = rec.known_failure or {}
+    # Field types were checked when the line was read; values inside the dicts were not.
+    lat = _dict(rec.latency)
+    metrics = _dict(rec.metrics)
+    extra = _dict(rec.extra)
+    known = _dict(rec.known_failure)
     row: dict[str, Any] = {
         "run_id": rec.run_id, "machine_id": rec.machine_id, "model": rec.model, "backend": rec.backend,
         "precision": rec.precision, "suite": rec.suite, "status": rec.status, "reason": rec.reason or "",
@@ -86,9 +105,12 @@ def record_row(rec: Record) -> dict[str, Any]:
         "known_reason": str(known.get("reason", "")), "known_link": str(known.get("link", "")),
         "has_latency": bool(lat) and not math.isnan(_num(lat.get("p50_ms"))),
         "unstable": bool(lat.get("unstable", False)),
-        "samples_ms": [x for x in map(_num, lat.get("samples_ms") or []) if math.isfinite(x)],
-        "best_items_per_s": max((_num(t.get("items_per_s")) for t in rec.throughput or []), default=math.nan),
-        "op_types": [str(o) for o in extra.get("op_types") or []],
+        "samples_ms": _finite(lat.get("samples_ms")),
+        "trials_p50_ms": _finite(lat.get("trials_p50_ms")),
+        "cause": rec.cause or "",
+        "best_items_per_s": max((_num(t.get("items_per_s")) for t in _list(rec.throughput) if isinstance(t, dict)),
+                                default=math.nan),
+        "op_types": [str(o) for o in _list(extra.get("op_types"))],
         "opset": _num(extra.get("opset")),
     }
     for key in ("max_abs", "max_rel", "cosine", "mismatch_fraction", "nonfinite", "error_vs_fp64_ratio"):
@@ -102,24 +124,28 @@ COLUMNS = list(record_row(Record(run_id="", model="", backend="", precision="", 
 
 
 def _run_info(run_dir: Path, records: list[Record]) -> RunInfo:
-    info: dict[str, Any] = {}
-    path = run_dir / "run.json"
-    if path.exists():
-        try:
-            info = json.loads(path.read_text())
-        except ValueError:
-            info = {}
+    info = read_run_info(run_dir / "run.json")
     machine = info.get("machine") if isinstance(info.get("machine"), dict) else {}
     ids = [r.machine_id for r in records if r.machine_id]
     machine_id = max(set(ids), key=ids.count) if ids else str(machine.get("machine_id") or "unknown-machine")
-    starts = [r.started_at for r in records if r.started_at]
-    ends = [r.started_at + (r.duration_s or 0.0) for r in records if r.started_at]
+    timed = [(_num(r.started_at), _num(r.duration_s)) for r in records]
+    starts = [t for t, _ in timed if math.isfinite(t) and t]
+    ends = [t + (d if math.isfinite(d) else 0.0) for t, d in timed if math.isfinite(t) and t]
     started = _num(info.get("started_at"))
     started = started if math.isfinite(started) else (min(starts) if starts else 0.0)
     finished = _num(info.get("finished_at", info.get("ended_at")))
     finished = finished if math.isfinite(finished) else (max(ends) if ends else started)
-    return RunInfo(run_id=str(info.get("run_id") or run_dir.name), path=run_dir, machine_id=machine_id,
+    run_id = info.get("run_id") if isinstance(info.get("run_id"), str) and info.get("run_id") else run_dir.name
+    return RunInfo(run_id=run_id, path=run_dir, machine_id=machine_id,
                    machine=machine, started_at=started, finished_at=finished, records=len(records), info=info)
+
+
+def _merge(a: RunInfo, b: RunInfo) -> RunInfo:
+    """One run id found in two directories (shards of one --run-id written on two machines, then gathered)."""
+    first = a if a.started_at <= b.started_at else b
+    return RunInfo(run_id=a.run_id, path=first.path, machine_id=first.machine_id, machine=first.machine,
+                   started_at=min(a.started_at, b.started_at), finished_at=max(a.finished_at, b.finished_at),
+                   records=a.records + b.records, info=first.info)
 
 
 def load_runs(paths: Sequence[str | Path] | str | Path, *, require_records: bool = False) -> Runs:
@@ -146,11 +172,11 @@ def load_runs(paths: Sequence[str | Path] | str | Path, *, require_records: bool
     for d in dirs:
         records = read_records(d)
         info = _run_info(d, records)
-        runs[info.run_id] = info
+        runs[info.run_id] = _merge(runs[info.run_id], info) if info.run_id in runs else info
         for rec in records:
             row = record_row(rec)
             row["machine_id"] = row["machine_id"] or info.machine_id
-            row["run_id"] = row["run_id"] or info.run_id
+            row["run_id"] = info.run_id  # the directory's run (a copied run dir keeps its records' old id)
             rows.append(row)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if require_records and frame.empty:

@@ -1,16 +1,64 @@
-"""The self-contained HTML page: escaping, tables, styles, scripts, plotly embedded once."""
+"""The HTML page: escaping, tables, styles, scripts; plotly.js embedded once, or shared by the pages of a site."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import errno
 import math
 import numbers
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from harness.core.types import STATUS_TABLE
 from harness.report.text import esc, fmt
+from harness.results import write_file_atomic
+
+_PLOTLY_SRC: contextvars.ContextVar[str | None] = contextvars.ContextVar("plotly_src", default=None)
+"""When set, pages reference this URL of plotly.js instead of embedding the 4.8 MB library."""
+
+
+@contextlib.contextmanager
+def shared_plotly(src: str) -> Iterator[None]:
+    """Pages rendered inside reference plotly.js at ``src`` (a URL relative to the page) instead of embedding it."""
+    token = _PLOTLY_SRC.set(src)
+    try:
+        yield
+    finally:
+        _PLOTLY_SRC.reset(token)
+
+
+def plotly_js() -> str:
+    """The plotly.js bundle that ships with the installed plotly package (what pages embed or reference)."""
+    import plotly.offline
+
+    return plotly.offline.get_plotlyjs()
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written (a directory, a read-only place, a missing parent)."""
+
+
+def write_atomic(out: str | Path, text: str) -> Path:
+    """Write ``text`` to ``out`` via a temporary file in the same directory and return ``out``.
+
+    Raises OutputPathError (no temporary file left behind) when ``out`` is a directory or cannot be written.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise OutputPathError(f"output {out} is a directory: pass a file name such as {out / 'report.html'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(out, text.encode("utf-8"))
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        hint = "free some space or pass -o on another disk" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else \
+            "pass -o with a file in a writable directory"
+        raise OutputPathError(f"cannot write {out}: {why}; {hint}") from exc
+    return out
 
 PLOTLY_CONFIG = {"displaylogo": False, "responsive": True, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
 
@@ -208,16 +256,19 @@ JS = r"""
 """
 
 
-def page(title: str, subtitle: str, body: str, *, nav: Sequence[tuple[str, str]] = (), selector: str = "") -> str:
-    """The whole document: styles, plotly.js inline once, the table/selector script and ``body``."""
-    import plotly.offline
-
+def page(title: str, subtitle: str, body: str, *, nav: Sequence[tuple[str, str]] = (), selector: str = "",
+         figures: bool = True) -> str:
+    """The whole document: styles, plotly.js (inline once, or a reference inside ``shared_plotly``; none
+    when the page has no ``figures``), the table/selector script and ``body``."""
+    src = _PLOTLY_SRC.get()
+    plotly = "" if not figures else f'<script src="{esc(src)}" charset="utf-8"></script>' if src else \
+        f"<script>{plotly_js()}</script>"
     links = "".join(f'<a href="#{esc(a)}">{esc(t)}</a>' for a, t in nav)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"<title>{esc(title)}</title><style>{CSS}{_status_css()}</style>"
-        f"<script>{plotly.offline.get_plotlyjs()}</script><script>{JS}</script></head><body>"
+        f"{plotly}<script>{JS}</script></head><body>"
         f'<header class="top"><div><h1>{esc(title)}</h1><div class="meta">{esc(subtitle)}</div></div>'
         f"<nav>{links}</nav>{selector}</header><main>{body}</main></body></html>\n"
     )

@@ -1,4 +1,10 @@
-"""Run-vs-run comparison: matched cases, verdict and metric changes, statistically checked latency."""
+"""Run-vs-run comparison: matched cases, verdict and metric changes, trial-tested latency, and the gates.
+
+Exit codes of a comparison (``harness compare``): 0 nothing got worse; 1 a regression (a passing case
+now fails, a status regression such as pass -> skipped, or a metric beyond its ``--fail-on`` threshold);
+2 nothing comparable (no machine or case in common) or a usage error; 3 no regression, but cases of
+the baseline are missing from the current run or a measurement the baseline had is missing.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +14,58 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from harness.core.types import FAILING, PASSING
 from harness.report.load import CASE_KEY, Runs, latest, load_runs
-from harness.report.thresholds import ALPHA, METRICS, FailOn, Significance, parse_fail_on, slower_test
+from harness.report.thresholds import (
+    ALPHA,
+    METRICS,
+    TRIAL_ALPHA,
+    Criteria,
+    FailOn,
+    Significance,
+    latency_test,
+    parse_criteria,
+)
 
 BROKEN = FAILING | {"unsupported"}
 """A case that passed before and now ends in one of these is a regression whatever the thresholds."""
 
+EXIT_OK, EXIT_REGRESSION, EXIT_NOTHING, EXIT_MISSING = 0, 1, 2, 3
+OUTCOME_ORDER = {"REGRESSION": 0, "UNMEASURED": 1, "changed": 2, "better": 3, "same": 4}
+
 
 @dataclass(frozen=True)
 class Regression:
-    """One reason the comparison fails."""
+    """One reason the comparison fails: a regression, a missing case or a missing measurement (``kind``)."""
 
     case: str
-    metric: str  # "verdict" or a threshold metric
+    metric: str  # "verdict", "status", a threshold metric, "missing" or "unmeasured"
     baseline: Any
     current: Any
     change: str
     detail: str = ""
+    cause: str = ""  # the current record's cause (engine/model/harness/environment); "" when it passed
+    kind: str = "regression"  # regression | missing | unmeasured
+
+    @property
+    def group(self) -> str:
+        """The heading this finding is listed under: the record's cause, else what kind of finding it is."""
+        if self.kind == "missing":
+            return "missing: no record in the current run"
+        if self.kind == "unmeasured":
+            return "unmeasured: the measurement is missing"
+        if self.metric in ("verdict", "status"):
+            return self.cause or "unattributed: the record names no cause"
+        return "measured: the case passes, a number got worse"
 
     def __str__(self) -> str:
-        if self.metric == "verdict":
+        if self.kind == "missing":
+            return f"{self.case}: {self.baseline} in the baseline, no record in the current run"
+        if self.kind == "unmeasured":
+            return f"{self.case}: {self.detail}"
+        if self.metric in ("verdict", "status"):
             why = f": {self.detail}" if self.detail else ""
-            return f"{self.case}: verdict {self.baseline} -> {self.current}{why}"
+            return f"{self.case}: {self.metric} {self.baseline} -> {self.current}{why}"
         return f"{self.case}: {self.metric} {self.baseline} -> {self.current} ({self.change}; {self.detail})"
 
 
@@ -47,10 +80,15 @@ class CaseDiff:
     significance: Significance | None
     regressions: tuple[Regression, ...] = ()
     notes: tuple[str, ...] = ()
-    outcome: str = "same"  # REGRESSION, changed, better or same
+    outcome: str = "same"  # REGRESSION, UNMEASURED, changed, better or same
+    unmeasured: tuple[Regression, ...] = ()
+    judged: frozenset[str] = frozenset()  # threshold metrics this case could be judged on
 
     def change(self, column: str) -> float:
-        """Relative change of a column (cur / base - 1), NaN when unknown."""
+        """Relative change of a column (cur / base - 1), NaN when unknown; p50 from the trials when tested on them."""
+        sig = self.significance
+        if column == "p50_ms" and sig is not None and not sig.weak:
+            return sig.current_ms / sig.baseline_ms - 1.0
         b, c = self.base.get(column, math.nan), self.cur.get(column, math.nan)
         if not (isinstance(b, float | int) and isinstance(c, float | int)) or not b or math.isnan(b) or math.isnan(c):
             return math.nan
@@ -59,8 +97,7 @@ class CaseDiff:
 
 @dataclass(frozen=True)
 class CompareOutcome:
-    """The comparison: the printed table, the regressions and the process exit code (0 ok, 1 regression,
-    2 nothing comparable)."""
+    """The comparison: the printed text, the findings and the process exit code (see the module doc)."""
 
     text: str
     regressions: list[Regression]
@@ -71,12 +108,22 @@ class CompareOutcome:
     thresholds: tuple[FailOn, ...] = ()
     title: str = ""
     html: Path | None = None
+    missing: list[Regression] = field(default_factory=list)
+    unmeasured: list[Regression] = field(default_factory=list)
+    criteria: Criteria | None = None
+    verdict: str = ""
+
+    @property
+    def findings(self) -> list[Regression]:
+        """Regressions, missing cases and missing measurements: everything that sets a non-zero exit code."""
+        return [*self.regressions, *self.missing, *self.unmeasured]
 
     def parts(self) -> dict[str, Any]:
         """What the HTML view shows."""
         return {"title": self.title, "thresholds": self.thresholds, "diffs": self.diffs,
                 "only_baseline": self.only_baseline, "only_current": self.only_current,
-                "regressions": self.regressions}
+                "regressions": self.regressions, "missing": self.missing, "unmeasured": self.unmeasured,
+                "criteria": self.criteria, "verdict": self.verdict}
 
 
 def case_label(key: Sequence[str], *, machine: bool = False) -> str:
@@ -85,51 +132,90 @@ def case_label(key: Sequence[str], *, machine: bool = False) -> str:
     return f"{model} {backend} {precision} [{suite}]" + (f" @{machine_id}" if machine else "")
 
 
-def _check(key: tuple[str, ...], label: str, base: dict[str, Any], cur: dict[str, Any],
-           thresholds: Sequence[FailOn]) -> CaseDiff:
-    regs: list[Regression] = []
-    notes: list[str] = []
+def _finite(value: Any) -> bool:
+    return isinstance(value, float | int) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _status_findings(label: str, base: dict[str, Any], cur: dict[str, Any], criteria: Criteria
+                     ) -> tuple[list[Regression], list[str]]:
     bs, cs = base["status"], cur["status"]
+    why = cur.get("reason", "")[:300]
     if bs in PASSING and cs in BROKEN:
-        regs.append(Regression(label, "verdict", bs, cs, f"{bs} -> {cs}", cur.get("reason", "")[:300]))
-    elif bs != cs:
-        notes.append(f"verdict {bs} -> {cs}")
-    if bs in PASSING and cs in PASSING and base["executed_precision"] != cur["executed_precision"]:
+        return [Regression(label, "verdict", bs, cs, f"{bs} -> {cs}", why, cause=cur.get("cause", ""))], []
+    # not run any more, or no longer computed at the requested precision: worse, though nothing failed
+    softer = (bs in PASSING and cs == "skipped") or (bs in ("pass", "xpass") and cs == "fallback")
+    if softer and "status" in criteria.gates:
+        return [Regression(label, "status", bs, cs, f"{bs} -> {cs}", why, cause=cur.get("cause", ""))], []
+    return [], [f"verdict {bs} -> {cs}"] if bs != cs else []
+
+
+def _check(key: tuple[str, ...], label: str, base: dict[str, Any], cur: dict[str, Any],
+           criteria: Criteria) -> CaseDiff:
+    regs, notes = _status_findings(label, base, cur, criteria)
+    if base["status"] in PASSING and cur["status"] in PASSING \
+            and base["executed_precision"] != cur["executed_precision"]:
         notes.append(f"executed precision {base['executed_precision']} -> {cur['executed_precision']}")
-    samples_b, samples_c = base.get("samples_ms") or [], cur.get("samples_ms") or []
-    both_timed = base.get("has_latency") and cur.get("has_latency")
-    sig = slower_test(samples_b, samples_c) if both_timed else None
-    if both_timed and (base.get("unstable") or cur.get("unstable")):
+    both_timed = bool(base.get("has_latency") and cur.get("has_latency"))
+    sig = latency_test(base.get("trials_p50_ms") or [], cur.get("trials_p50_ms") or [],
+                       base.get("samples_ms") or [], cur.get("samples_ms") or []) if both_timed else None
+    unstable = both_timed and bool(base.get("unstable") or cur.get("unstable"))
+    if unstable:
         notes.append(f"unstable measurement (CV {base.get('cv', math.nan):.2g} -> {cur.get('cv', math.nan):.2g}): "
-                     "the machine was not quiet")
-    if both_timed and sig is None and any(t.spec.latency for t in thresholds):
+                     "latency is never gated on it; re-measure on a quiet machine")
+    latency_asked = any(t.spec.latency for t in criteria.thresholds)
+    if both_timed and not unstable and sig is None and latency_asked:
         notes.append("no raw samples: threshold on p50 only, no significance test")
-    for t in thresholds:
-        col = t.spec.column
-        b, c = float(base.get(col, math.nan)), float(cur.get(col, math.nan))
-        if not t.exceeded(b, c):
+    unmeasured, judged = [], set()
+    for t in criteria.thresholds:
+        b, c = float(base.get(t.spec.column, math.nan)), float(cur.get(t.spec.column, math.nan))
+        if t.metric == "p50" and sig is not None and not sig.weak:
+            b, c = sig.baseline_ms, sig.current_ms  # the trials' estimate of p50, what the test compared
+        if _finite(b) and not _finite(c) and cur["status"] in PASSING:
+            unmeasured.append(t.metric)
+            continue
+        if not (_finite(b) and _finite(c)):
             continue
         change = f"+{t.worsening(b, c):.1%}" if t.relative else f"{t.worsening(b, c):+.4g}{t.unit}"
+        if t.spec.latency and unstable:
+            if t.exceeded(b, c):
+                notes.append(f"{t.metric} {change} not gated (unstable)")
+            continue
+        judged.add(t.metric)
+        if not t.exceeded(b, c):
+            continue
         if t.spec.latency:
             if sig is None and t.metric != "p50":
                 notes.append(f"{t.metric} {change} not tested (no raw samples)")
                 continue
             if sig is not None and not sig.slower:
-                notes.append(f"{t.metric} {change} but not significant ({sig}, alpha {ALPHA})")
+                notes.append(f"{t.metric} {change} but not significant ({sig}, alpha "
+                             f"{ALPHA if sig.weak else TRIAL_ALPHA})")
                 continue
         detail = f"limit {t}" + (f", {sig}" if t.spec.latency and sig is not None else "")
         regs.append(Regression(label, t.metric, _short(b), _short(c), change, detail))
-    diff = CaseDiff(key, label, base, cur, sig, tuple(regs), tuple(notes))
+    missing_m = []
+    if unmeasured and "unmeasured" in criteria.gates:
+        missing_m.append(Regression(
+            label, "unmeasured", "measured", "not measured", "", f"{', '.join(unmeasured)} measured in the baseline, "
+            f"missing or NaN in the current run although its verdict is {cur['status']}", kind="unmeasured"))
+    elif unmeasured:
+        notes.append(f"{', '.join(unmeasured)} not measured in the current run")
+    diff = CaseDiff(key, label, base, cur, sig, tuple(regs), tuple(notes), unmeasured=tuple(missing_m),
+                    judged=frozenset(judged))
     return replace(diff, outcome=_outcome(diff))
 
 
 def _outcome(d: CaseDiff) -> str:
     if d.regressions:
         return "REGRESSION"
-    if d.base["status"] != d.cur["status"] or any("not significant" in n for n in d.notes):
+    if d.unmeasured:
+        return "UNMEASURED"
+    held_back = ("not significant", "not gated (unstable)")
+    if d.base["status"] != d.cur["status"] or any(h in n for h in held_back for n in d.notes):
         return "changed"
-    if d.change("p50_ms") < -0.05:  # faster: confirmed by the reverse test when samples exist
-        reverse = slower_test(d.cur.get("samples_ms") or [], d.base.get("samples_ms") or [])
+    if d.change("p50_ms") < -0.05:  # faster: confirmed by the reverse test when one can be made
+        reverse = latency_test(d.cur.get("trials_p50_ms") or [], d.base.get("trials_p50_ms") or [],
+                               d.cur.get("samples_ms") or [], d.base.get("samples_ms") or [])
         if reverse is None or reverse.slower:
             return "better"
     return "same"
@@ -139,29 +225,30 @@ def _short(value: float) -> str:
     return f"{value:.6f}" if 0.99 < value <= 1.0 else f"{value:.4g}"
 
 
-def _rows(runs: Runs) -> dict[tuple[str, ...], dict[str, Any]]:
-    frame = latest(runs.frame)
-    return {tuple(r[k] for k in CASE_KEY): r for r in frame.to_dict("records")}
-
-
-def diff_runs(baseline: Runs, current: Runs, thresholds: Sequence[FailOn]) -> tuple[list[CaseDiff], list, list]:
-    """Case diffs of matched cases, plus the case keys found only in the baseline / only in current."""
-    base, cur = _rows(baseline), _rows(current)
+def diff_runs(baseline: Runs, current: Runs, criteria: Criteria | Sequence[FailOn]
+              ) -> tuple[list[CaseDiff], list[str], list[str], list[Regression]]:
+    """Case diffs of matched cases, the labels of cases only in the baseline / only in current, and the
+    missing-case findings (baseline cases on a machine the current run also has or on none at all)."""
+    if not isinstance(criteria, Criteria):
+        criteria = Criteria(tuple(criteria))
+    base, cur = ({tuple(r[k] for k in CASE_KEY): r for r in latest(runs.frame).to_dict("records")}
+                 for runs in (baseline, current))
     multi = len({k[0] for k in base} | {k[0] for k in cur}) > 1
-    diffs = [_check(k, case_label(k, machine=multi), base[k], cur[k], thresholds) for k in base if k in cur]
-    order = {"REGRESSION": 0, "changed": 1, "better": 2, "same": 3}
-    diffs.sort(key=lambda d: (order[d.outcome], d.label))
-    only_b = sorted(case_label(k, machine=multi) for k in base if k not in cur)
+    diffs = [_check(k, case_label(k, machine=multi), base[k], cur[k], criteria) for k in base if k in cur]
+    diffs.sort(key=lambda d: (OUTCOME_ORDER[d.outcome], d.label))
+    only_b = sorted((k for k in base if k not in cur), key=lambda k: case_label(k, machine=multi))
     only_c = sorted(case_label(k, machine=multi) for k in cur if k not in base)
-    return diffs, only_b, only_c
+    missing = [Regression(case_label(k, machine=multi), "missing", base[k]["status"], "no record", "",
+                          kind="missing") for k in only_b]
+    return diffs, [case_label(k, machine=multi) for k in only_b], only_c, missing
 
 
 def _pct(value: float) -> str:
     return "" if math.isnan(value) else f"{value:+.1%}"
 
 
-def _num(value: Any, digits: int = 3) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
+def _num(value: Any) -> str:
+    return f"{value:.3g}" if _finite(value) else "-"
 
 
 def table_rows(diffs: Sequence[CaseDiff]) -> list[list[str]]:
@@ -173,17 +260,35 @@ def table_rows(diffs: Sequence[CaseDiff]) -> list[list[str]]:
         cos_b, cos_c = b.get("cosine", math.nan), c.get("cosine", math.nan)
         cosine = "" if math.isnan(cos_b) or math.isnan(cos_c) else (
             f"{cos_c:.6f}" if cos_b == cos_c else f"{cos_b:.6f}->{cos_c:.6f}")
-        why = "; ".join([f"{r.metric} {r.change} ({r.detail})" if r.metric != "verdict" else
-                          f"verdict: {r.detail[:100]}" for r in d.regressions] + list(d.notes))
-        rows.append([d.outcome, d.label, verdict,
-                     f"{_num(b.get('p50_ms'))} -> {_num(c.get('p50_ms'))}" if c.get("has_latency")
-                     or b.get("has_latency") else "", _pct(d.change("p50_ms")),
-                     f"{d.significance.p_value:.2g}" if d.significance else "", _pct(d.change("p99_ms")),
+        why = "; ".join([f"{r.metric} {r.change} ({r.detail})" if r.metric not in ("verdict", "status") else
+                         f"{r.metric}: {r.detail[:100]}" for r in d.regressions]
+                        + [r.detail for r in d.unmeasured] + list(d.notes))
+        sig = d.significance
+        p50 = f"{_num(b.get('p50_ms'))} -> {_num(c.get('p50_ms'))}" if c.get("has_latency") or b.get("has_latency") \
+            else ""
+        if sig is not None and not sig.weak:
+            p50 = f"{_num(sig.baseline_ms)} -> {_num(sig.current_ms)} (trials)"
+        rows.append([d.outcome, d.label, verdict, p50, _pct(d.change("p50_ms")),
+                     f"{sig.p_value:.2g}" + ("w" if sig.weak else "") if sig else "", _pct(d.change("p99_ms")),
                      _pct(d.change("peak_rss_mb")), cosine, why])
     return rows
 
 
 HEADER = ["RESULT", "CASE", "VERDICT", "P50 MS", "P50", "P(SLOWER)", "P99", "PEAK MB", "COSINE", "WHY"]
+
+
+def render_findings(findings: Sequence[Regression], limit: int = 25) -> list[str]:
+    """The findings grouped by cause (a record's cause, else missing / unmeasured / measured)."""
+    groups: dict[str, list[Regression]] = {}
+    for f in findings:
+        groups.setdefault(f.group, []).append(f)
+    lines = []
+    for name, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        lines.append(f"  {name} ({len(items)}):")
+        lines += [f"    {f.kind.upper()} {f}" for f in items[:limit]]
+        if len(items) > limit:
+            lines.append(f"    ... and {len(items) - limit} more")
+    return lines
 
 
 def render_text(outcome_parts: dict[str, Any], max_same: int = 40) -> str:
@@ -194,8 +299,10 @@ def render_text(outcome_parts: dict[str, Any], max_same: int = 40) -> str:
     shown += same[:max_same]
     rows = table_rows(shown)
     widths = [min(max([len(h), *(len(r[i]) for r in rows)]), 60 if i == 1 else 200) for i, h in enumerate(HEADER)]
-    lines = [outcome_parts["title"], f"thresholds: {', '.join(map(str, outcome_parts['thresholds']))} (latency: "
-             f"one-sided Mann-Whitney U on raw samples at alpha {ALPHA} AND the threshold)", ""]
+    criteria = outcome_parts.get("criteria")
+    lines = [outcome_parts["title"], f"fail on: {criteria or ', '.join(map(str, outcome_parts['thresholds']))} "
+             f"(latency: Welch t on log trial medians at alpha {TRIAL_ALPHA} AND the threshold; records without "
+             f"trials: Mann-Whitney over iterations at alpha {ALPHA}, weak evidence, p marked w)", ""]
     for row in [HEADER, *rows]:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     if len(same) > max_same:
@@ -205,11 +312,19 @@ def render_text(outcome_parts: dict[str, Any], max_same: int = 40) -> str:
         if keys:
             lines.append(f"{name} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
     regs = outcome_parts["regressions"]
+    findings = [*regs, *outcome_parts.get("missing", []), *outcome_parts.get("unmeasured", [])]
     lines.append("")
-    lines.append(f"{len(regs)} regression(s) in {sum(d.outcome == 'REGRESSION' for d in diffs)} of {len(diffs)} "
-                 "matched cases" if regs else f"no regression in {len(diffs)} matched cases")
-    for r in regs:
-        lines.append(f"  REGRESSION {r}")
+    if findings:
+        counts = [f"{len(regs)} regression(s) in {sum(d.outcome == 'REGRESSION' for d in diffs)} of {len(diffs)} "
+                  "matched cases" if regs else f"no regression in {len(diffs)} matched cases"]
+        counts += [f"{len(outcome_parts[k])} {name}" for k, name in (("missing", "missing case(s)"),
+                                                                   ("unmeasured", "missing measurement(s)"))
+                   if outcome_parts.get(k)]
+        lines += ["; ".join(counts), "failures by cause:", *render_findings(findings)]
+    else:
+        lines.append(f"no regression in {len(diffs)} matched cases")
+    if outcome_parts.get("verdict"):
+        lines.append(outcome_parts["verdict"])
     return "\n".join(lines)
 
 
@@ -217,49 +332,67 @@ def _describe(runs: Runs) -> str:
     ids = sorted(runs.runs)
     machines = sorted(set(runs.frame["machine_id"]))
     return f"{', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''} ({len(runs.frame)} records; machine " \
-           f"{', '.join(machines)})"
+           f"{', '.join(machines) or 'none'})"
 
 
-def compare_outcome(baseline: str | Path, current: str | Path, fail_on: Sequence[str] = ("p50:10%",),
-                    ) -> CompareOutcome:
+def _vacuous(criteria: Criteria, diffs: Sequence[CaseDiff]) -> list[Regression]:
+    """An explicit threshold that could judge no matched case (nothing measured on both sides, or all unstable)."""
+    if not criteria.explicit or "unmeasured" not in criteria.gates or not diffs:
+        return []
+    out = []
+    for t in criteria.thresholds:
+        if any(t.metric in d.judged for d in diffs):
+            continue
+        col = t.spec.column
+        nb = sum(_finite(d.base.get(col)) for d in diffs)
+        nc = sum(_finite(d.cur.get(col)) for d in diffs)
+        unstable = sum(bool(d.base.get("unstable") or d.cur.get("unstable")) for d in diffs) if t.spec.latency else 0
+        out.append(Regression(f"all {len(diffs)} matched cases", "unmeasured", nb, nc, "", (
+            f"--fail-on {t} judged no case: {t.metric} measured in {nb} baseline and {nc} current case(s)"
+            + (f", {unstable} unstable" if unstable else "") + "; measure it (e.g. pytest -m perf) or drop the "
+            "threshold"), kind="unmeasured"))
+    return out
+
+
+def compare_outcome(baseline: str | Path, current: str | Path, fail_on: Sequence[str] = ()) -> CompareOutcome:
     """Compare two runs (or results dirs: newest record per case) case by case on the same machine.
 
-    A passing case that now fails is always a regression; a latency threshold counts only when the raw
-    samples are also significantly slower. ``harness.report.compare_view.compare_runs`` adds the HTML view.
+    ``fail_on``: ``--fail-on`` items (``parse_criteria``). A passing case that now fails is always a regression;
+    a latency threshold counts only when the current trials are also significantly slower.
+    ``harness.report.compare_view.compare_runs`` adds the HTML view.
     """
-    thresholds = parse_fail_on(fail_on)
+    criteria = parse_criteria(fail_on)
     base_runs = load_runs([baseline], require_records=True)
-    cur_runs = load_runs([current], require_records=True)
-    diffs, only_b, only_c = diff_runs(base_runs, cur_runs, thresholds)
+    cur_runs = load_runs([current])
+    diffs, only_b, only_c, missing = diff_runs(base_runs, cur_runs, criteria)
     regressions = [r for d in diffs for r in d.regressions]
+    unmeasured = [r for d in diffs for r in d.unmeasured] + _vacuous(criteria, diffs)
+    mb, mc = sorted(set(base_runs.frame["machine_id"])), sorted(set(cur_runs.frame["machine_id"]))
+    disjoint = bool(mc) and not set(mb) & set(mc)
+    if disjoint or "missing" not in criteria.gates:
+        missing = []
     title = f"baseline {_describe(base_runs)}\ncurrent  {_describe(cur_runs)}"
-    text = render_text({"title": title, "thresholds": thresholds, "diffs": diffs, "only_baseline": only_b,
-                        "only_current": only_c, "regressions": regressions})
-    exit_code = 1 if regressions else 0
-    if not diffs:
-        mb = sorted(set(base_runs.frame["machine_id"]))
-        mc = sorted(set(cur_runs.frame["machine_id"]))
-        why = (f"the runs come from different machines (baseline {', '.join(mb)}, current {', '.join(mc)}); cases "
-               "are only compared on the same machine: set HARNESS_MACHINE_ID to the same name on both runs if "
-               "they really are the same machine") if not set(mb) & set(mc) else \
-            "no case (model, backend, precision, suite) appears in both runs"
-        text += f"\nnothing to compare: {why}"
-        exit_code = 2
-    return CompareOutcome(text=text, regressions=regressions, exit_code=exit_code, diffs=diffs,
-                          only_baseline=only_b, only_current=only_c, thresholds=thresholds, title=title)
+    if disjoint:
+        code, verdict = EXIT_NOTHING, (
+            f"nothing to compare: the runs come from different machines (baseline {', '.join(mb)}, current "
+            f"{', '.join(mc)}); cases are only compared on the same machine: set HARNESS_MACHINE_ID to the same "
+            "name on both runs if they really are the same machine")
+    elif regressions:
+        code, verdict = EXIT_REGRESSION, f"FAIL (exit {EXIT_REGRESSION}): regression"
+    elif missing or unmeasured:
+        code, verdict = EXIT_MISSING, (f"FAIL (exit {EXIT_MISSING}): " + ", ".join(
+            f"{len(x)} {name}" for x, name in ((missing, "missing case(s)"), (unmeasured, "missing measurement(s)"))
+            if x) + " (switch off with --fail-on no-missing / no-unmeasured)")
+    elif not diffs:
+        code, verdict = EXIT_NOTHING, ("nothing to compare: no case (model, backend, precision, suite) appears in "
+                                       "both runs")
+    else:
+        code, verdict = EXIT_OK, ""
+    outcome = CompareOutcome(text="", regressions=regressions, exit_code=code, diffs=diffs, only_baseline=only_b,
+                             only_current=only_c, thresholds=criteria.thresholds, title=title, missing=missing,
+                             unmeasured=unmeasured, criteria=criteria, verdict=verdict)
+    return replace(outcome, text=render_text(outcome.parts()))
 
 
-def diffs_frame(diffs: Sequence[CaseDiff]) -> pd.DataFrame:
-    """One row per matched case with the compared values (for the HTML view)."""
-    rows = []
-    for d, cells in zip(diffs, table_rows(diffs), strict=True):
-        rows.append({"outcome": d.outcome, "case": d.label, "model": d.key[1], "backend": d.key[2],
-                     "precision": d.key[3], "base_status": d.base["status"], "cur_status": d.cur["status"],
-                     "base_p50": d.base.get("p50_ms"), "cur_p50": d.cur.get("p50_ms"),
-                     "p50_change": d.change("p50_ms"), "p99_change": d.change("p99_ms"),
-                     "mem_change": d.change("peak_rss_mb"), "p_value": d.significance.p_value
-                     if d.significance else math.nan, "cosine": cells[8], "why": cells[9]})
-    return pd.DataFrame(rows)
-
-
-__all__ = ["METRICS", "CaseDiff", "CompareOutcome", "Regression", "compare_outcome", "diff_runs"]
+__all__ = ["EXIT_MISSING", "EXIT_NOTHING", "EXIT_OK", "EXIT_REGRESSION", "METRICS", "CaseDiff", "CompareOutcome",
+           "Regression", "compare_outcome", "diff_runs"]

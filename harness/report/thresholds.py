@@ -1,4 +1,12 @@
-"""``--fail-on`` thresholds (``p50:10%``, ``cosine:0.001``...) and the latency significance test."""
+"""``--fail-on`` thresholds (``p50:10%``, ``cosine:0.001``...), gates (``missing``, ``unmeasured``, ``status``)
+and the latency significance tests.
+
+The unit of evidence for latency is a repeated trial: records carry ``latency["trials_p50_ms"]``, the
+median of each of k >= 3 independent trials, and a slowdown must show between trials (one-sided Welch
+t-test on log trial medians). Iterations of one process are autocorrelated (same caches, frequency,
+neighbours), so a test that treats them as independent samples finds "significant" differences between
+two identical runs; it is used only for records without trials and its verdict is marked weak evidence.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +18,20 @@ from dataclasses import dataclass
 import numpy as np
 
 ALPHA = 0.01
-"""Significance level of the latency test: a slowdown must be this unlikely under noise."""
+"""Significance level of the per-iteration latency test (weak evidence): a slowdown must be this unlikely."""
+TRIAL_ALPHA = 0.05
+"""Significance level of the trial test. With k = 3..5 trials a Welch t-test has few degrees of freedom, and
+the threshold (a 10 % slowdown, say) already keeps noise out: simulated with per-iteration CV 10-25 %, AR(1)
+autocorrelation and 3-5 % process-to-process noise, alpha 0.01 missed a 20 % slowdown in a third of k=3
+comparisons, 0.05 in under 3 %, with no more false alarms (tests/test_trials.py)."""
 
 MIN_SAMPLES = 5
+MIN_TRIALS = 3
+"""Trial medians needed on each side for the trial test (fewer: the weak per-iteration test)."""
+
+GATES = ("missing", "unmeasured", "status")
+"""Gates on by default: cases of the baseline absent from the current run; a measurement the baseline had and a
+passing current case lacks (or an explicit threshold that judged no case); pass -> skipped / pass -> fallback."""
 
 
 @dataclass(frozen=True)
@@ -79,18 +98,51 @@ class FailOn:
         return self.worsening(base, cur) > self.limit
 
 
-def parse_fail_on(items: Sequence[str] | str) -> tuple[FailOn, ...]:
-    """Parse ``["p50:10%", "cosine:0.001"]`` (items may also be comma-separated)."""
+DEFAULT_FAIL_ON = ("p50:10%",)
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """Everything ``--fail-on`` sets: metric thresholds (``explicit`` when given, not the default) and gates."""
+
+    thresholds: tuple[FailOn, ...]
+    gates: frozenset[str] = frozenset(GATES)
+    explicit: bool = True
+
+    def __str__(self) -> str:
+        off = [f"no-{g}" for g in GATES if g not in self.gates]
+        return ", ".join([*map(str, self.thresholds), *[g for g in GATES if g in self.gates], *off])
+
+
+def _items(items: Sequence[str] | str) -> list[str]:
     if isinstance(items, str):
         items = [items]
-    out: list[FailOn] = []
-    for item in items:
-        for part in (p.strip() for p in str(item).split(",")):
-            if part:
-                out.append(_parse_one(part))
-    if not out:
+    return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+
+
+def parse_criteria(items: Sequence[str] | str) -> Criteria:
+    """Parse ``--fail-on`` items: ``METRIC:THRESHOLD``, a gate name (``missing``, ``unmeasured``, ``status``; all on
+    by default) or ``no-GATE`` to switch one off. Without a metric threshold, ``p50:10%`` applies (not explicit)."""
+    gates = set(GATES)
+    metrics: list[str] = []
+    for part in _items(items):
+        name = part.lower()
+        if name in GATES:
+            gates.add(name)
+        elif name.startswith("no-") and name[3:] in GATES:
+            gates.discard(name[3:])
+        else:
+            metrics.append(part)
+    explicit = bool(metrics)
+    return Criteria(parse_fail_on(metrics or list(DEFAULT_FAIL_ON)), frozenset(gates), explicit)
+
+
+def parse_fail_on(items: Sequence[str] | str) -> tuple[FailOn, ...]:
+    """Parse ``["p50:10%", "cosine:0.001"]`` (items may also be comma-separated; gate names are skipped)."""
+    parts = [p for p in _items(items) if p.lower() not in GATES and p.lower().removeprefix("no-") not in GATES]
+    if not parts:
         raise FailOnSyntaxError(f"no --fail-on threshold given; use METRIC:THRESHOLD such as {EXAMPLES}")
-    return tuple(out)
+    return tuple(_parse_one(p) for p in parts)
 
 
 def _parse_one(text: str) -> FailOn:
@@ -99,7 +151,8 @@ def _parse_one(text: str) -> FailOn:
     if m is None:
         raise FailOnSyntaxError(
             f"bad --fail-on {text!r}: expected METRIC:THRESHOLD with a non-negative number and an optional unit "
-            f"(% relative; ms or MB absolute), e.g. {EXAMPLES}; metrics: {known}")
+            f"(% relative; ms or MB absolute), e.g. {EXAMPLES}; metrics: {known}; or a gate: "
+            f"{', '.join(GATES)} (on by default; no-GATE switches one off)")
     name, number, unit = m.group(1).lower(), float(m.group(2)), (m.group(3) or "").lower()
     metric = METRICS.get(name)
     if metric is None:
@@ -114,14 +167,80 @@ def _parse_one(text: str) -> FailOn:
 
 @dataclass(frozen=True)
 class Significance:
-    """Whether ``current`` latency samples are significantly slower than ``baseline`` ones."""
+    """Whether ``current`` latency is significantly slower than ``baseline``.
+
+    ``weak``: the test treated the iterations of one process as independent samples (records without
+    trials); ``baseline_ms``/``current_ms``: the p50 estimates the test compared (geometric mean of the
+    trial medians), NaN for the per-iteration test.
+    """
 
     slower: bool
     p_value: float
     method: str
+    weak: bool = False
+    baseline_ms: float = math.nan
+    current_ms: float = math.nan
 
     def __str__(self) -> str:
-        return f"{self.method} p={self.p_value:.2g}"
+        return f"{self.method} p={self.p_value:.2g}" + (" (weak evidence)" if self.weak else "")
+
+
+def latency_test(base_trials: Sequence[float], cur_trials: Sequence[float], base_samples: Sequence[float],
+                 cur_samples: Sequence[float]) -> Significance | None:
+    """The trial test when both sides have >= MIN_TRIALS trial medians, else the weak per-iteration test."""
+    if len(base_trials) >= MIN_TRIALS and len(cur_trials) >= MIN_TRIALS:
+        return trial_test(base_trials, cur_trials, TRIAL_ALPHA)
+    weak = slower_test(base_samples, cur_samples, ALPHA)
+    return None if weak is None else Significance(weak.slower, weak.p_value, weak.method + " over iterations",
+                                                  weak=True)
+
+
+def trial_test(baseline: Sequence[float], current: Sequence[float], alpha: float = TRIAL_ALPHA) -> Significance:
+    """One-sided Welch t-test that the log trial medians of ``current`` are larger (slower)."""
+    b = np.log(np.asarray(baseline, dtype=np.float64))
+    c = np.log(np.asarray(current, dtype=np.float64))
+    diff = float(c.mean() - b.mean())
+    vb, vc = float(b.var(ddof=1)) / b.size, float(c.var(ddof=1)) / c.size
+    se2 = vb + vc
+    if se2 <= 0.0:  # identical trials on both sides: the difference is exact
+        p = 0.0 if diff > 0 else 1.0
+    else:
+        df = se2 * se2 / (vb * vb / (b.size - 1) + vc * vc / (c.size - 1))
+        p = t_sf(diff / math.sqrt(se2), df)
+    return Significance(slower=p < alpha, p_value=p, method=f"Welch t on log trial medians (k={b.size} vs {c.size})",
+                        baseline_ms=math.exp(float(b.mean())), current_ms=math.exp(float(c.mean())))
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with ``df`` degrees of freedom (regularized incomplete beta; no scipy)."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t > 0 else 1.0 - tail
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) by Lentz's continued fraction (Numerical Recipes 6.4)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below this point: use the symmetry
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-14:
+            break
+    return front * h / a
 
 
 def slower_test(baseline: Sequence[float], current: Sequence[float], alpha: float = ALPHA) -> Significance | None:

@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from harness.core.types import FAILING, PASSING, STATUS_COLORS, STATUS_ORDER
-from harness.report.dashboard import when, write_atomic
+from harness.report.dashboard import NAV_JS, when
 from harness.report.figures import FONT, combo_color, combo_label, status_colorscale
 from harness.report.load import CASE_KEY, Runs, combos, load_runs, sort_cases
-from harness.report.page import Column, figure, machine_selector, note, page, section, table
+from harness.report.page import Column, figure, machine_selector, note, page, section, table, write_atomic
 from harness.report.text import esc, pesc, pwrap
 
 MAX_STEADY_ROWS = 40
@@ -21,7 +22,7 @@ MAX_STEADY_ROWS = 40
 
 
 def _runs_of(runs: Runs, machine: str) -> list[Any]:
-    return sorted((r for r in runs.runs.values() if r.machine_id == machine), key=lambda r: (r.started_at, r.run_id))
+    return runs.runs_of(machine)
 
 
 def _run_label(info: Any) -> str:
@@ -32,6 +33,8 @@ def verdict_changes(frame: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
     """Rows where a case's status differs from its previous run (``prev_status`` column added)."""
     f = frame.assign(run_pos=frame["run_id"].map(order)).sort_values(["run_pos", "started_at"])
     f = f.drop_duplicates([*CASE_KEY, "run_id"], keep="last")
+    if f.empty:
+        return f.assign(prev_status=pd.Series(dtype=object))
     f["prev_status"] = f.groupby(CASE_KEY)["status"].shift()
     return f[f["prev_status"].notna() & (f["prev_status"] != f["status"])]
 
@@ -44,8 +47,10 @@ def _direction(prev: str, cur: str) -> str:
     return "changed"
 
 
-def timeline(frame: pd.DataFrame, infos: list[Any], changes: pd.DataFrame) -> Any:
-    """Case x run heat-table of statuses; a cell whose verdict changed is labelled with the change."""
+def timeline(frame: pd.DataFrame, infos: list[Any], changes: pd.DataFrame) -> Any | None:
+    """Case x run heat-table of statuses; a cell whose verdict changed is labelled with the change.
+
+    None when there is no row to draw (no records, or more than MAX_STEADY_ROWS cases and none changed)."""
     import plotly.graph_objects as go
 
     labels = {r.run_id: _run_label(r) for r in infos}
@@ -54,8 +59,11 @@ def timeline(frame: pd.DataFrame, infos: list[Any], changes: pd.DataFrame) -> An
     keys = [tuple(r[k] for k in CASE_KEY) for r in cases.to_dict("records")]
     if len(keys) > MAX_STEADY_ROWS:
         keys = [k for k in keys if k in changed_keys]
+    if not keys:
+        return None
     keyset = set(keys)
-    shown = frame[[tuple(v) in keyset for v in frame[CASE_KEY].itertuples(index=False)]]
+    # an explicit boolean array: an empty Python list would select columns, not rows
+    shown = frame[np.array([tuple(v) in keyset for v in frame[CASE_KEY].itertuples(index=False)], dtype=bool)]
     infos = [i for i in infos if i.run_id in set(shown["run_id"])]
     statuses = set(shown["status"])
     present = [s for s in STATUS_ORDER if s in statuses] + sorted(statuses - set(STATUS_ORDER))
@@ -159,7 +167,7 @@ def machine_trend(runs: Runs, machine: str, index: int) -> str:
     parts = [f'<div class="machine" data-machine="{esc(machine)}" data-index="{index}">',
              f'<div class="machine-title">Machine {esc(machine)}</div>',
              section(f"verdicts-{prefix}", "Verdict changes", intro,
-                     figure(timeline(frame, infos, changes), f"{prefix}-timeline")
+                     _timeline_html(frame, infos, changes, prefix)
                      + table(CHANGE_COLUMNS, rows, f"{prefix}-changes", empty="no verdict changed between runs"))]
     figs = [figure(p50_figure(m, frame[frame["model"] == m], infos, changes), f"{prefix}-p50-{i}")
             for i, m in enumerate(sorted(frame.loc[frame["has_latency"], "model"].unique()))]
@@ -170,16 +178,27 @@ def machine_trend(runs: Runs, machine: str, index: int) -> str:
     return "".join(parts)
 
 
+def _timeline_html(frame: pd.DataFrame, infos: list[Any], changes: pd.DataFrame, prefix: str) -> str:
+    fig = timeline(frame, infos, changes)
+    if fig is None:
+        cases = len(frame.drop_duplicates(CASE_KEY))
+        return note(f"no verdict changed in {cases} case(s) over {len(infos)} run(s)" if cases else
+                    "no records of this machine in these runs")
+    return figure(fig, f"{prefix}-timeline")
+
+
 def trend_report(paths: Sequence[str | Path], out: str | Path) -> Path:
     """Write the trend page of the runs under ``paths`` (grouped by machine) to ``out``."""
     runs = load_runs(paths)
+    return write_atomic(Path(out), render_trend(runs))
+
+
+def render_trend(runs: Runs, title: str = "Inference harness trend") -> str:
+    """The trend page of loaded runs (grouped by machine)."""
     machines = [m for m in runs.machines() if len(runs.for_machine(m))]
     body = "".join(machine_trend(runs, m, i) for i, m in enumerate(machines)) or section(
         "verdicts-m0", "Trend", "", note("these runs hold no records yet"))
     subtitle = (f"{len(runs.runs)} run(s) on {len(machines)} machine(s); generated "
                 f"{when(datetime.now(UTC).timestamp())}")
     nav = [("verdicts", "Verdicts"), ("latency", "Latency")]
-    from harness.report.dashboard import NAV_JS
-
-    return write_atomic(Path(out), page("Inference harness trend", subtitle, body + NAV_JS, nav=nav,
-                                        selector=machine_selector(machines)))
+    return page(title, subtitle, body + NAV_JS, nav=nav, selector=machine_selector(machines))
