@@ -120,11 +120,15 @@ def pytest_configure(config: pytest.Config) -> None:
     shard = _parse_shard(opt.shard) if opt.shard else None
     batches = _parse_batches(opt.batch) if opt.batch else None
     measure = (MeasureOptions.bench if opt.bench else MeasureOptions.quick)(batches=batches)
+    try:
+        store = ResultStore(opt.results_dir, run_id)
+    except ValueError as exc:
+        raise _usage(f"--run-id: {exc}") from None
     config.stash[HARNESS_KEY] = HarnessConfig(
         backends=list(dict.fromkeys(explicit)) or backends.names(), explicit_backends=bool(explicit),
         precisions=list(dict.fromkeys(precisions)), model_patterns=opt.model or ["*"], tags=opt.tag,
         zoo_files=tuple(str(Path(f).resolve()) for f in opt.zoo_file),
-        store=ResultStore(opt.results_dir, run_id), threads=opt.threads, in_process=opt.in_process,
+        store=store, threads=opt.threads, in_process=opt.in_process,
         case_timeout_s=opt.case_timeout, shard=shard, report=not opt.no_report, measure=measure,
     )
 
@@ -280,7 +284,10 @@ def execute(hc: HarnessConfig, case: CaseRequest) -> Record:
         from harness.exec.supervisor import run_in_subprocess
 
         record = run_in_subprocess(case, timeout_s=hc.case_timeout_s)
-    hc.store.append(record)
+    try:
+        hc.store.append(record)
+    except OSError as exc:  # a case whose record is not on disk whole must not pass
+        pytest.fail(str(exc), pytrace=False)
     hc.records.append(record)
     return record
 
@@ -337,7 +344,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for line in status_table(records).splitlines():
             tr.write_line(line)
     tr.write_line(f"records: {hc.store.records_path} ({len(records)} records)")
-    hc.store.write_run_info(finished_at=time.time(), records=len(records), exitstatus=int(exitstatus))
+    try:
+        hc.store.write_run_info(finished_at=time.time(), records=len(records), exitstatus=int(exitstatus))
+    except OSError as exc:
+        tr.write_line(f"run.json: not updated ({exc}); the records above are on disk", red=True)
     if hc.report and records:
         try:
             from harness.report import build_report

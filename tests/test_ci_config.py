@@ -326,38 +326,41 @@ def test_nightly_suite_jobs_write_unique_runs_and_upload_them():
         "results must be uploaded even when a case failed"
 
 
-def test_nightly_report_job_reports_compares_and_publishes():
+def test_nightly_report_job_builds_the_site_compares_and_publishes():
     wf = load_workflow(NIGHTLY)
     suites_name, _ = suites_job(wf)
-    name, job = job_running(wf, "report")
+    name, job = job_running(wf, "site")
     needs = job.get("needs")
     assert suites_name in ([needs] if isinstance(needs, str) else needs)
     (download,) = uses(job, "actions/download-artifact")
-    current = download["with"]["path"]
     assert download["with"].get("merge-multiple") is True
     assert download["with"]["pattern"] == "results-*"
+    nights, _, tonight = download["with"]["path"].partition("/")  # nights/${{ env.NIGHT }}
+    assert tonight, "tonight's runs must go into a night directory under the nights directory"
 
     text = "\n".join(run_lines(job))
-    (report,) = harness_invocations(text, "report")
-    assert current in report
-    assert report[report.index("-o") + 1] == "site/index.html"
+    (site,) = harness_invocations(text, "site")
+    assert site[2] == nights
+    assert site[site.index("-o") + 1] == "site"
     (compare,) = harness_invocations(text, "compare")
-    positional = [t for t in compare[2:] if not t.startswith("-")]
-    fail_on = compare[compare.index("--fail-on") + 1]
-    assert fail_on == "p50:10%"
-    baseline_dir = positional[0]
-    assert positional[1] == current, f"compare {positional}: the current run must be {current}"
+    fail_on = [compare[i + 1] for i, t in enumerate(compare) if t == "--fail-on"]
+    assert fail_on[0] == "p50:10%"
+    assert {"missing", "unmeasured", "status"} <= set(fail_on)
+    assert fail_on == [site[i + 1] for i, t in enumerate(site) if t == "--fail-on"], "site and gate must agree"
+    positional = [t for i, t in enumerate(compare[2:], 2) if not t.startswith("-") and compare[i - 1] != "--fail-on"]
+    assert [p.split("/")[0] for p in positional] == [nights, nights]
+    assert positional[1] == f"{nights}/$NIGHT"
 
-    # last night's results: restored from and saved to the Actions cache under one path and key prefix
+    # previous nights: restored from and saved to the Actions cache under one path and key prefix
     (restore,) = uses(job, "actions/cache/restore")
     (save,) = uses(job, "actions/cache/save")
-    assert restore["with"]["path"] == save["with"]["path"] == baseline_dir
+    assert restore["with"]["path"] == save["with"]["path"] == nights
     prefix = restore["with"]["restore-keys"].strip()
     assert save["with"]["key"].startswith(prefix)
     assert restore["with"]["key"] == save["with"]["key"]
-    order = [s.get("id") or s.get("uses") or s.get("name") for s in steps_of(job)]
-    assert order.index(restore.get("id") or restore["uses"]) < order.index(save.get("id") or save["uses"]), \
-        "the baseline must be restored before tonight's results replace it"
+    steps = steps_of(job)
+    assert steps.index(restore) < steps.index(download) < steps.index(save), \
+        "restore the previous nights, add tonight, then save"
 
     (pages,) = uses(job, "actions/upload-pages-artifact")
     assert pages["with"]["path"] == "site"
@@ -366,6 +369,7 @@ def test_nightly_report_job_reports_compares_and_publishes():
     assert name in ([deploy[0]["needs"]] if isinstance(deploy[0]["needs"], str) else deploy[0]["needs"])
     assert deploy[0]["permissions"] == {"pages": "write", "id-token": "write"}
     assert deploy[0]["environment"]["name"] == "github-pages"
+
 
 
 def test_nightly_regression_fails_the_workflow_after_publishing():

@@ -102,7 +102,8 @@ class ExportedModel:
     @property
     def cache_dir(self) -> Path:
         """Directory of this model's artifacts."""
-        return self.root / "artifacts" / f"{self.spec.name}-{self.key}"
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.spec.name).lstrip("._-")[:80] or "model"
+        return self.root / "artifacts" / f"{safe}-{self.key}"  # a model name never becomes a path
 
     def artifact(self, name: str) -> Path:
         """Path of a derived artifact in this model's cache directory."""

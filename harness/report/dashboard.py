@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +13,7 @@ import pandas as pd
 from harness.core.types import STATUS_ORDER
 from harness.report import figures, ops
 from harness.report.load import Runs, latest, load_runs
-from harness.report.page import Column, figure, machine_selector, note, page, section, table
+from harness.report.page import Column, figure, machine_selector, note, page, section, table, write_atomic
 from harness.report.text import esc, fmt
 
 VIEWS = [("run", "Run"), ("conformance", "Conformance"), ("latency", "Latency"), ("speedup", "Speed-up"),
@@ -34,15 +33,6 @@ def cosine_cell(value: Any) -> str:
         return ""
     text = f"{float(value):.10f}".rstrip("0")
     return esc(text + "0" * max(0, 8 - len(text)))
-
-
-def write_atomic(out: Path, text: str) -> Path:
-    """Write ``text`` to ``out`` via a temporary file in the same directory."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
 
 
 def _badges(frame: pd.DataFrame) -> str:
