@@ -1,29 +1,36 @@
-"""ncnn plumbing without the engine: param parsing, the int8 tools (ncnn2table, ncnn2int8), feeds as Mats.
+"""ncnn plumbing without the engine: params, the int8 quantizer choice and audit, ncnn's own int8 tools, feeds.
 
-ncnn2table/ncnn2int8 ship in no pip package: they are looked up in ``$NCNN_TOOLS``
-and on PATH. Calibration feeds are written as ``.npy`` files (one per sample and
-input, batch axis removed) with one list file per input, and ncnn2table reads
-them with ``type=1`` (its npy mode; ``shape`` is the npy shape reversed, [w,h,c]).
+int8 models are built by ncnn's ``ncnn2table`` + ``ncnn2int8`` when they are installed (they ship in no pip
+package: ``$NCNN_TOOLS`` or PATH), else by the harness's Python port of them (``_ncnn_quant``);
+``HARNESS_NCNN_INT8=tools|python`` forces one. For the tools, calibration feeds are written as ``.npy`` files
+(one per sample and input, batch axis removed) with one list file per input, which ncnn2table reads with
+``type=1`` (its npy mode; ``shape`` is the npy shape reversed, [w,h,c]).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from harness.backends._ncnn_param import ParamLayer, read_param
 from harness.core.errors import ConversionError, UnsupportedPrecision
 from harness.core.types import Feeds, TensorSpec
 
+if TYPE_CHECKING:
+    import numpy as np
+
 TOOLS = ("ncnn2table", "ncnn2int8")
+TOOLS_LABEL = "ncnn2table+ncnn2int8"
 INSTALL_HINT = ("build ncnn from source (tools/quantize) and put them on PATH or set NCNN_TOOLS=<dir>")
 MISSING_REASON = f"ncnn int8 needs ncnn2table and ncnn2int8 (not shipped in any pip package): {INSTALL_HINT}"
+INT8_ENV = "HARNESS_NCNN_INT8"
 
 # Layers that do the arithmetic (the ones the precision audit counts) and the
 # param key of their int8_scale_term (docs/developer-guide/operators.md).
@@ -35,28 +42,58 @@ COMPUTE_LAYERS = {
 }
 INT8_SCALE_KEY = {"Gemm": "18", "MultiHeadAttention": "18", "Embed": "18", "SDPA": "18"}  # others: "8"
 FP16_TAG, INT8_TAG = 0x01306B47, 0x000D4B38  # ncnn ModelBin tags that precede fp16 / int8 weight blobs
+TOOLS_QUANTIZE = frozenset({"Convolution", "ConvolutionDepthWise", "InnerProduct", "RNN", "LSTM", "GRU", "Embed",
+                            "Gemm", "MultiHeadAttention"})
+"""The layer types ncnn2int8 quantizes (tools/quantize/ncnn2int8.cpp)."""
 
-
-@dataclass(frozen=True)
-class Layer:
-    """One line of an ncnn .param file."""
-
-    type: str
-    name: str
-    params: dict[str, str]
+Layer = ParamLayer
 
 
 def parse_param(path: Path) -> list[Layer]:
     """The layers of a text .param file (magic line, counts line, one layer per line)."""
-    layers = []
-    for line in path.read_text().splitlines()[2:]:
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        n_io = int(parts[2]) + int(parts[3])
-        kv = (p.split("=", 1) for p in parts[4 + n_io:] if "=" in p)
-        layers.append(Layer(parts[0], parts[1], dict(kv)))
-    return layers
+    return list(read_param(path).layers)
+
+
+@dataclass(frozen=True)
+class Int8Quantizer:
+    """Who builds ncnn int8 models here: ncnn's tools (``tools`` maps tool name -> path) or the Python port."""
+
+    label: str
+    method: str = "kl"
+    tools: Mapping[str, Path] = field(default_factory=dict)
+
+    def identity(self) -> str:
+        """What changes the artifact it builds: the tool binaries, or the Python quantizer's code and ncnn."""
+        from harness.core.machine import module_version
+
+        h = hashlib.sha256(f"{self.label}|{self.method}".encode())
+        if self.tools:
+            files = [self.tools[t] for t in sorted(self.tools)]
+        else:
+            here = Path(__file__).parent
+            files = [here / "_ncnn_quant.py", here / "_ncnn_param.py"]
+            h.update(module_version("ncnn").encode())
+        for f in files:
+            h.update(f.read_bytes())
+        return h.hexdigest()
+
+
+def int8_quantizer() -> Int8Quantizer:
+    """ncnn's tools when installed (or forced by ``HARNESS_NCNN_INT8=tools``), else the Python port;
+    UnsupportedPrecision when the tools are asked for (that variable, or ``NCNN_TOOLS``) and are not usable."""
+    from harness.backends._ncnn_quant import QuantSettings
+
+    choice = os.environ.get(INT8_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "tools", "python"):
+        raise UnsupportedPrecision(f"{INT8_ENV}={choice!r}: use auto, tools or python")
+    if choice == "python":
+        return Int8Quantizer(QuantSettings().label)
+    try:
+        return Int8Quantizer(TOOLS_LABEL, tools=find_tools())
+    except UnsupportedPrecision:
+        if choice == "tools" or os.environ.get("NCNN_TOOLS"):
+            raise
+    return Int8Quantizer(QuantSettings().label)
 
 
 def unregistered_layers(layers: Sequence[Layer]) -> list[Layer]:
@@ -78,12 +115,16 @@ def int8_layer_counts(layers: Sequence[Layer]) -> Counter[str]:
 
 def weight_tags(bin_path: Path) -> dict[str, int]:
     """How many weight blobs the .bin stores as fp16 / int8 (their ModelBin tags; untagged blobs are fp32)."""
+    import numpy as np
+
     words = np.fromfile(bin_path, dtype="<u4")
     return {"fp16": int(np.count_nonzero(words == FP16_TAG)), "int8": int(np.count_nonzero(words == INT8_TAG))}
 
 
 def as_mat_array(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """A C-contiguous float32 array ncnn.Mat can wrap; integer ids are bit-cast int32 -> float32 (ncnn Embed)."""
+    import numpy as np
+
     if spec.is_integer:
         return np.ascontiguousarray(arr, dtype=np.int32).view(np.float32)
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -121,33 +162,44 @@ def check_npy_support(ncnn2table: Path) -> None:
                                    f"rebuild it from a current ncnn source tree (tools/quantize)")
 
 
+def calibration_items(calibration: Sequence[Feeds], inputs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds as ncnn samples: one per batch element, ``in0``.. -> array without the batch axis,
+    each input keeping one shape (KL histograms and ncnn2table's ``shape=`` need it)."""
+    import numpy as np
+
+    items: list[dict[str, np.ndarray]] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    for feeds in calibration:
+        arrays = [np.asarray(feeds[t.name]) for t in inputs]
+        for b in range(max(a.shape[0] for a in arrays)):
+            item = {}
+            for i, (t, arr) in enumerate(zip(inputs, arrays, strict=True)):
+                mat = as_mat_array(arr[b if arr.shape[0] > 1 else 0], t)
+                if shapes.setdefault(t.name, mat.shape) != mat.shape:
+                    raise ConversionError(f"ncnn int8: calibration input {t.name!r} changes shape "
+                                          f"({shapes[t.name]} then {mat.shape}); calibration needs one shape per input")
+                item[f"in{i}"] = mat
+            items.append(item)
+    if not items:
+        raise ConversionError("ncnn int8: static quantization needs calibration data and none was given")
+    return items
+
+
 def write_calibration(calibration: Sequence[Feeds], inputs: Sequence[TensorSpec], folder: Path) -> tuple[str, str]:
     """Write .npy files and list files; return ncnn2table's list argument and ``shape=`` value."""
+    import numpy as np
+
     (folder / "cal").mkdir(parents=True, exist_ok=True)
-    lists: list[list[str]] = [[] for _ in inputs]
-    shapes: list[tuple[int, ...]] = [() for _ in inputs]
-    sample = 0
-    for feeds in calibration:
-        batch = max(np.asarray(feeds[t.name]).shape[0] for t in inputs)
-        for b in range(batch):
-            for i, t in enumerate(inputs):
-                arr = np.asarray(feeds[t.name])
-                item = as_mat_array(arr[b if arr.shape[0] > 1 else 0], t)
-                if shapes[i] and item.shape != shapes[i]:
-                    raise ConversionError(f"ncnn int8: calibration input {t.name!r} changes shape "
-                                          f"({shapes[i]} then {item.shape}); ncnn2table needs one shape per input")
-                shapes[i] = item.shape
-                name = f"cal/in{i}_{sample:05d}.npy"
-                np.save(folder / name, item)
-                lists[i].append(name)
-            sample += 1
-    if sample == 0:
-        raise ConversionError("ncnn int8: static quantization needs calibration data and none was given")
+    items = calibration_items(calibration, inputs)
     list_names = []
-    for i, names in enumerate(lists):
+    for i in range(len(inputs)):
+        names = [f"cal/in{i}_{k:05d}.npy" for k in range(len(items))]
+        for name, item in zip(names, items, strict=True):
+            np.save(folder / name, item[f"in{i}"])
         (folder / f"list{i}.txt").write_text("\n".join(names) + "\n")
         list_names.append(f"list{i}.txt")
-    shape_arg = ",".join("[" + ",".join(str(d) for d in reversed(s)) + "]" for s in shapes)
+    shape_arg = ",".join("[" + ",".join(str(d) for d in reversed(items[0][f"in{i}"].shape)) + "]"
+                         for i in range(len(inputs)))
     return ",".join(list_names), shape_arg
 
 
@@ -187,3 +239,38 @@ def quantize(tools: dict[str, Path], param: Path, bin_: Path, out_param: Path, c
     run_tool(table_command(tools["ncnn2table"], param, bin_, lists, table, shapes, threads), work, [work / table])
     out_bin = out_param.with_suffix(".bin")
     run_tool(int8_command(tools["ncnn2int8"], param, bin_, out_param, out_bin, table), work, [out_param, out_bin])
+    shutil.copyfile(work / table, out_param.with_suffix(".table"))
+
+
+def int8_audit(layers: Sequence[Layer], loaded: Iterable[tuple[str, str]], use_int8_inference: bool,
+               int8_weight_blobs: int, quantizer: str, kept: Mapping[str, str]) -> tuple[Counter[str], dict[str, str]]:
+    """Compute layers of the loaded net (``(name, type)`` pairs) by the precision they run at, and why each
+    fp32 one is fp32: int8 needs an int8_scale_term in the .param, int8 weights in the .bin and ncnn's
+    int8 inference on. ``kept`` holds the quantizer's own reasons for layers it left fp32."""
+    params = {la.name: la for la in layers}
+    counts: Counter[str] = Counter()
+    fp32: dict[str, str] = {}
+    for name, type_ in loaded:
+        if type_ not in COMPUTE_LAYERS:
+            continue
+        la = params.get(name)
+        term = la.params.get(INT8_SCALE_KEY.get(type_, "8"), "0") if la is not None else "0"
+        if term in ("0", ""):
+            handled = TOOLS_QUANTIZE if quantizer == TOOLS_LABEL else _python_handles()
+            fp32[name] = kept.get(name) or (f"{type_} left fp32 by {quantizer}" if type_ in handled
+                                            else f"{quantizer} does not quantize {type_}")
+        elif not use_int8_inference:
+            fp32[name] = "int8 scales in the .param, but ncnn's use_int8_inference is off"
+        elif int8_weight_blobs == 0:
+            fp32[name] = "int8 scales in the .param, but the .bin holds no int8 weights"
+        else:
+            counts["int8"] += 1
+            continue
+        counts["fp32"] += 1
+    return counts, fp32
+
+
+def _python_handles() -> frozenset[str]:
+    from harness.backends._ncnn_quant import QUANT_TYPES
+
+    return QUANT_TYPES
