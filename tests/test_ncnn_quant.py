@@ -18,6 +18,7 @@ from torch import nn  # noqa: E402
 from harness import backends  # noqa: E402
 from harness.backends import _ncnn_param as nparam  # noqa: E402
 from harness.backends import _ncnn_quant as quant  # noqa: E402
+from harness.backends import _ncnn_quant_build as int8  # noqa: E402
 from harness.backends import _ncnn_tools as tools  # noqa: E402
 from harness.core.errors import UnsupportedPrecision  # noqa: E402
 from harness.core.options import CaseRequest  # noqa: E402
@@ -229,13 +230,58 @@ def test_backend_int8_without_tools_is_python_int8(no_tools: None) -> None:
     assert int8_bin < 0.35 * fp32_bin
 
 
+class Conv1dHead(nn.Module):
+    """A 1-D convolution (ncnn Convolution1D: not quantized) and a linear head (InnerProduct: int8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3)
+        self.fc = nn.Linear(8 * 14, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
 def test_layers_the_quantizer_does_not_handle_stay_fp32_and_the_audit_says_so(no_tools: None) -> None:
-    r = run_case(CaseRequest("lstm_tiny", "ncnn", Precision.INT8))
-    assert r.executed_precision == "mixed(fp32 67%,int8 33%)", r.reason  # 2 LSTM fp32, the linear head int8
-    assert r.precision_match == "partial"
-    fp32 = r.settings["int8_fp32_layers"]
-    assert fp32 == dict.fromkeys(["lstm_1", "lstm_2"], f"{PYTHON_LABEL} does not quantize LSTM")
+    register_model(inputs=[TensorSpec("x", (1, 4, 16))], name="ncnn_quant_test_conv1d")(Conv1dHead)
+    r = run_case(CaseRequest("ncnn_quant_test_conv1d", "ncnn", Precision.INT8))
     assert r.status == Status.PASS.value, r.reason
+    assert r.executed_precision == "mixed(fp32 50%,int8 50%)"
+    assert r.precision_match == "partial"
+    (conv,) = r.settings["int8_fp32_layers"]
+    assert r.settings["int8_fp32_layers"][conv] == f"{PYTHON_LABEL} does not quantize Convolution1D"
+    assert r.settings["int8_layers"] == 1
+
+
+@pytest.mark.parametrize(("model", "types"), [("transformer_tiny", {"Gemm", "MultiHeadAttention"}),
+                                              ("lstm_tiny", {"LSTM", "InnerProduct"})])
+def test_weight_only_layers_compute_int8(model: str, types: set[str], tmp_path: Path) -> None:
+    """Gemm, MultiHeadAttention and LSTM get ncnn2int8's weight-only int8: int8 codes in the .bin, and ncnn
+    computes with them (the output moves off fp32, stays close, and follows the weight scales we wrote)."""
+    param, spec = _fp32(model), get_model(model)
+    samples = tools.calibration_items(calibration_set(spec), spec.inputs)
+    out = tmp_path / "q.param"
+    report = quant.ptq(param, out, _net(param, int8=False), samples, quant.QuantSettings())
+    assert report["kept_fp32"] == {}
+    qp = nparam.read_param(out)
+    layout = nparam.read_bin(out.with_suffix(".bin"), qp.layers)
+    for la, blobs in zip(qp.layers, layout.weights, strict=True):
+        if la.type in types - {"InnerProduct"}:  # InnerProduct: calibrated, checked elsewhere
+            assert la.geti(18 if la.type != "LSTM" else 8) == 2, la.line()
+            assert any(b.tag == nparam.TAG_INT8 for b in blobs), la.name
+    y32 = quant.extract(_net(param, int8=False), samples[0], ["out0"])["out0"]
+    y8 = quant.extract(_net(out, int8=True), samples[0], ["out0"])["out0"]
+    assert 0 < np.abs(y32 - y8).max()
+    assert _cos(y32, y8) > 0.999
+    fp32_layout = nparam.read_bin(param.with_suffix(".bin"), nparam.read_param(param).layers)
+    weight_only = types - {"InnerProduct"}
+    doubled = [tuple(nparam.raw_blob(2 * b.to_float()) if i >= len(orig) else b for i, b in enumerate(blobs))
+               if la.type in weight_only else blobs  # the buffers appended to an fp32 layer are its int8 scales
+               for la, blobs, orig in zip(qp.layers, layout.weights, fp32_layout.weights, strict=True)]
+    nparam.BinLayout(tuple(doubled)).write(tmp_path / "scaled.bin")
+    shutil.copyfile(out, tmp_path / "scaled.param")
+    y8_scaled = quant.extract(_net(tmp_path / "scaled.param", int8=True), samples[0], ["out0"])["out0"]
+    assert np.abs(y8_scaled - y8).max() > 10 * np.abs(y32 - y8).max()  # the int8 scales are what ncnn uses
 
 
 def test_cache_key_covers_calibration(no_tools: None, tmp_path: Path) -> None:
@@ -267,7 +313,7 @@ def test_forcing_the_tools_without_them_is_unsupported_and_backends_lists_it(
     assert backend.precision_support() == dict.fromkeys(Precision)  # python int8 here
     monkeypatch.setenv("HARNESS_NCNN_INT8", "tools")
     with pytest.raises(UnsupportedPrecision, match="ncnn int8 needs ncnn2table and ncnn2int8"):
-        tools.int8_quantizer()
+        int8.int8_quantizer()
     assert backend.precision_support()[Precision.INT8] == tools.MISSING_REASON
     assert main(["backends"]) == 0
     ncnn_row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("ncnn "))
@@ -305,3 +351,24 @@ def test_scale_table_matches_ncnn2table(model: str, tmp_path: Path) -> None:
     for name in ref.inputs:
         assert ours.inputs[name] == pytest.approx(ref.inputs[name], rel=1 / 128), name
     shutil.rmtree(tmp_path / "cal", ignore_errors=True)
+
+
+def test_audit_counts_int8_only_with_scales_weights_and_int8_inference() -> None:
+    """A compute layer is int8 when its .param carries the int8 flag, the .bin holds int8 weights and ncnn's
+    int8 inference is on (Gemm and MultiHeadAttention select their int8 kernels from their weights alone)."""
+    conv = nparam.ParamLayer("Convolution", "conv", params={"8": "2"})
+    gemm = nparam.ParamLayer("Gemm", "gemm", params={"18": "2"})
+    fc = nparam.ParamLayer("InnerProduct", "fc")
+    embed = nparam.ParamLayer("Embed", "embed")
+    loaded = [(la.name, la.type) for la in (conv, gemm, fc, embed)] + [("relu", "ReLU")]
+    layers = [conv, gemm, fc, embed]
+    counts, fp32 = int8.int8_audit(layers, loaded, True, 2, PYTHON_LABEL, {"fc": "kept fp32 on request"})
+    assert counts == {"int8": 2, "fp32": 2}
+    assert fp32 == {"fc": "kept fp32 on request", "embed": f"{PYTHON_LABEL} does not quantize Embed"}
+    counts, fp32 = int8.int8_audit(layers, loaded, False, 2, tools.TOOLS_LABEL, {})
+    assert fp32["conv"] == "int8 scales in the .param, but ncnn's use_int8_inference is off"
+    assert "gemm" not in fp32
+    assert fp32["fc"] == f"InnerProduct left fp32 by {tools.TOOLS_LABEL}"
+    counts, fp32 = int8.int8_audit(layers, loaded, True, 0, PYTHON_LABEL, {})
+    assert counts == {"fp32": 4}
+    assert fp32["conv"] == "int8 scales in the .param, but the .bin holds no int8 weights"

@@ -17,16 +17,16 @@ tools/quantize:
 - requantize fusion (ncnn2int8's fuse_requantize): a conv whose output only feeds int8 convs, directly or through
   a Split, gets +100 and its consumer's input scale as output scale, so int8 flows from one to the next.
 
-Only Convolution, ConvolutionDepthWise and InnerProduct are quantized. Every other layer keeps its fp32
-weights byte for byte (ncnn2int8 also quantizes Gemm, MultiHeadAttention, RNN/LSTM/GRU and Embed, and
-rewrites unquantized layers as fp16); the backend's precision audit lists what stayed fp32 and why.
+Gemm, MultiHeadAttention and RNN/LSTM/GRU get ncnn2int8's weight-only int8 (``_ncnn_quant_weights``: they
+quantize their inputs at run time). Every other layer keeps its fp32 weights byte for byte (ncnn2int8 also
+quantizes Embed, and rewrites unquantized layers as fp16); the backend's precision audit lists what stayed
+fp32 and why.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,12 +41,16 @@ from harness.backends._ncnn_param import (
     read_bin,
     read_param,
 )
-from harness.core.types import Feeds, TensorSpec
+from harness.backends._ncnn_quant_weights import (
+    WEIGHT_ONLY_TYPES,
+    quantize_to_int8,
+    quantize_weight_only,
+    weight_only_reason,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from harness.backends._ncnn_tools import Int8Quantizer
 
 QUANT_TYPES = frozenset({"Convolution", "ConvolutionDepthWise", "InnerProduct"})
 CONV_TYPES = frozenset({"Convolution", "ConvolutionDepthWise"})
@@ -64,6 +68,8 @@ class QuantSettings:
     fuse_requantize: bool = True
     keep_fp32: tuple[str, ...] = ()
     kl_max_saturation: float | None = 0.05
+    weight_only: bool = True
+    """Also give Gemm, MultiHeadAttention and RNN/LSTM/GRU ncnn2int8's weight-only int8."""
     """KL thresholds saturating more than this share of a blob's nonzero values fall back to min-max (None: never)."""
 
     def __post_init__(self) -> None:
@@ -107,14 +113,6 @@ class ScaleTable:
             else:
                 inputs[tok[0]] = float(values[0])
         return cls(weights, inputs)
-
-
-def quantize_to_int8(x: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
-    """ncnn's float2int8: round half away from zero, clamp to [-127, 127]."""
-    import numpy as np
-
-    v = np.asarray(x, np.float32) * np.asarray(scale, np.float32)
-    return np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -127, 127).astype(np.int8)
 
 
 def weight_scales(la: ParamLayer, w: np.ndarray, conv3x3s1_6bit: bool = True) -> np.ndarray:
@@ -196,12 +194,16 @@ def kept_fp32(param: ParamFile, layout: BinLayout, settings: QuantSettings) -> d
     """Layers of a quantizable type that stay fp32, with the reason."""
     kept = {}
     for la, blobs in zip(param.layers, layout.weights, strict=True):
-        if la.type not in QUANT_TYPES:
+        weight_only = settings.weight_only and la.type in WEIGHT_ONLY_TYPES
+        if la.type not in QUANT_TYPES and not weight_only:
             continue
         if la.name in settings.keep_fp32:
             kept[la.name] = "kept fp32 on request"
         elif blobs is None:
             kept[la.name] = layout.unsized.get(la.name, "its weights were not located in the .bin")
+        elif weight_only:
+            if (why := weight_only_reason(la)) is not None:
+                kept[la.name] = why
         elif la.geti(19):
             kept[la.name] = "its weights are a runtime input (dynamic_weight)"
         elif la.geti(8):
@@ -265,8 +267,12 @@ def quantize(param: ParamFile, layout: BinLayout, table: ScaleTable,
     layers = list(param.layers)
     weights = list(layout.weights)
     done: set[str] = set()
+    kept = kept_fp32(param, layout, settings)
     for i, la in enumerate(layers):
         blobs = weights[i]
+        if settings.weight_only and la.type in WEIGHT_ONLY_TYPES and blobs and la.name not in kept:
+            layers[i], weights[i] = quantize_weight_only(la, blobs)
+            done.add(la.name)
         if la.name not in table.inputs or not blobs:
             continue
         ws = np.asarray(table.weights[la.name], np.float32)
@@ -323,29 +329,3 @@ def ptq(param_in: Path, param_out: Path, net: Any, samples: Sequence[Mapping[str
     table.save(param_out.with_suffix(".table"))
     return {"quantized_layers": len(done), "kept_fp32": kept_fp32(param, layout, settings),
             "calibration_notes": dict(table.notes)}
-
-
-def build(quantizer: Int8Quantizer, param: Path, out: Path, calibration: Sequence[Feeds],
-          inputs: Sequence[TensorSpec], threads: int, fp32_net: Callable[[], Any]) -> None:
-    """Write the int8 model of ``param`` at ``out`` (+ .bin, .table, and .json: the report recorded in the
-    case's settings) with ncnn's tools or, when the quantizer has none, this module."""
-    import time
-
-    from harness.backends import _ncnn_tools as tools
-
-    start = time.perf_counter()
-    samples = tools.calibration_items(calibration, inputs)
-    report: dict[str, Any] = {"int8_quantizer": quantizer.label, "calibration_method": quantizer.method,
-                              "calibration_samples": len(samples)}
-    if quantizer.tools:
-        tools.quantize(dict(quantizer.tools), param, param.with_suffix(".bin"), out, calibration, inputs, threads)
-        report.update(tools={k: str(v) for k, v in quantizer.tools.items()}, int8_kept_fp32={})
-    else:
-        net = fp32_net()
-        try:
-            done = ptq(param, out, net, samples, QuantSettings(method=quantizer.method))
-        finally:
-            net.clear()
-        report.update(int8_kept_fp32=done["kept_fp32"], calibration_notes=done["calibration_notes"])
-    report["quantize_seconds"] = round(time.perf_counter() - start, 3)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))

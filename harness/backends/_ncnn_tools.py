@@ -1,21 +1,18 @@
-"""ncnn plumbing without the engine: params, the int8 quantizer choice and audit, ncnn's own int8 tools, feeds.
+"""ncnn plumbing without the engine: params, weight tags, feeds as Mats, and ncnn's own int8 tools.
 
-int8 models are built by ncnn's ``ncnn2table`` + ``ncnn2int8`` when they are installed (they ship in no pip
-package: ``$NCNN_TOOLS`` or PATH), else by the harness's Python port of them (``_ncnn_quant``);
-``HARNESS_NCNN_INT8=tools|python`` forces one. For the tools, calibration feeds are written as ``.npy`` files
+``ncnn2table`` + ``ncnn2int8`` ship in no pip package: they are looked up in ``$NCNN_TOOLS`` and on PATH
+(``_ncnn_quant_build`` chooses between them and the Python port). Calibration feeds are written as ``.npy`` files
 (one per sample and input, batch axis removed) with one list file per input, which ncnn2table reads with
 ``type=1`` (its npy mode; ``shape`` is the npy shape reversed, [w,h,c]).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +27,6 @@ TOOLS = ("ncnn2table", "ncnn2int8")
 TOOLS_LABEL = "ncnn2table+ncnn2int8"
 INSTALL_HINT = ("build ncnn from source (tools/quantize) and put them on PATH or set NCNN_TOOLS=<dir>")
 MISSING_REASON = f"ncnn int8 needs ncnn2table and ncnn2int8 (not shipped in any pip package): {INSTALL_HINT}"
-INT8_ENV = "HARNESS_NCNN_INT8"
 
 # Layers that do the arithmetic (the ones the precision audit counts) and the
 # param key of their int8_scale_term (docs/developer-guide/operators.md).
@@ -45,6 +41,8 @@ FP16_TAG, INT8_TAG = 0x01306B47, 0x000D4B38  # ncnn ModelBin tags that precede f
 TOOLS_QUANTIZE = frozenset({"Convolution", "ConvolutionDepthWise", "InnerProduct", "RNN", "LSTM", "GRU", "Embed",
                             "Gemm", "MultiHeadAttention"})
 """The layer types ncnn2int8 quantizes (tools/quantize/ncnn2int8.cpp)."""
+RUNTIME_QUANTIZED = frozenset({"Gemm", "MultiHeadAttention"})
+"""Types whose int8 weights select the int8 kernels by themselves (seen: same output with use_int8_inference off)."""
 
 Layer = ParamLayer
 
@@ -52,48 +50,6 @@ Layer = ParamLayer
 def parse_param(path: Path) -> list[Layer]:
     """The layers of a text .param file (magic line, counts line, one layer per line)."""
     return list(read_param(path).layers)
-
-
-@dataclass(frozen=True)
-class Int8Quantizer:
-    """Who builds ncnn int8 models here: ncnn's tools (``tools`` maps tool name -> path) or the Python port."""
-
-    label: str
-    method: str = "kl"
-    tools: Mapping[str, Path] = field(default_factory=dict)
-
-    def identity(self) -> str:
-        """What changes the artifact it builds: the tool binaries, or the Python quantizer's code and ncnn."""
-        from harness.core.machine import module_version
-
-        h = hashlib.sha256(f"{self.label}|{self.method}".encode())
-        if self.tools:
-            files = [self.tools[t] for t in sorted(self.tools)]
-        else:
-            here = Path(__file__).parent
-            files = [here / "_ncnn_quant.py", here / "_ncnn_param.py"]
-            h.update(module_version("ncnn").encode())
-        for f in files:
-            h.update(f.read_bytes())
-        return h.hexdigest()
-
-
-def int8_quantizer() -> Int8Quantizer:
-    """ncnn's tools when installed (or forced by ``HARNESS_NCNN_INT8=tools``), else the Python port;
-    UnsupportedPrecision when the tools are asked for (that variable, or ``NCNN_TOOLS``) and are not usable."""
-    from harness.backends._ncnn_quant import QuantSettings
-
-    choice = os.environ.get(INT8_ENV, "auto").strip().lower() or "auto"
-    if choice not in ("auto", "tools", "python"):
-        raise UnsupportedPrecision(f"{INT8_ENV}={choice!r}: use auto, tools or python")
-    if choice == "python":
-        return Int8Quantizer(QuantSettings().label)
-    try:
-        return Int8Quantizer(TOOLS_LABEL, tools=find_tools())
-    except UnsupportedPrecision:
-        if choice == "tools" or os.environ.get("NCNN_TOOLS"):
-            raise
-    return Int8Quantizer(QuantSettings().label)
 
 
 def unregistered_layers(layers: Sequence[Layer]) -> list[Layer]:
@@ -240,37 +196,3 @@ def quantize(tools: dict[str, Path], param: Path, bin_: Path, out_param: Path, c
     out_bin = out_param.with_suffix(".bin")
     run_tool(int8_command(tools["ncnn2int8"], param, bin_, out_param, out_bin, table), work, [out_param, out_bin])
     shutil.copyfile(work / table, out_param.with_suffix(".table"))
-
-
-def int8_audit(layers: Sequence[Layer], loaded: Iterable[tuple[str, str]], use_int8_inference: bool,
-               int8_weight_blobs: int, quantizer: str, kept: Mapping[str, str]) -> tuple[Counter[str], dict[str, str]]:
-    """Compute layers of the loaded net (``(name, type)`` pairs) by the precision they run at, and why each
-    fp32 one is fp32: int8 needs an int8_scale_term in the .param, int8 weights in the .bin and ncnn's
-    int8 inference on. ``kept`` holds the quantizer's own reasons for layers it left fp32."""
-    params = {la.name: la for la in layers}
-    counts: Counter[str] = Counter()
-    fp32: dict[str, str] = {}
-    for name, type_ in loaded:
-        if type_ not in COMPUTE_LAYERS:
-            continue
-        la = params.get(name)
-        term = la.params.get(INT8_SCALE_KEY.get(type_, "8"), "0") if la is not None else "0"
-        if term in ("0", ""):
-            handled = TOOLS_QUANTIZE if quantizer == TOOLS_LABEL else _python_handles()
-            fp32[name] = kept.get(name) or (f"{type_} left fp32 by {quantizer}" if type_ in handled
-                                            else f"{quantizer} does not quantize {type_}")
-        elif not use_int8_inference:
-            fp32[name] = "int8 scales in the .param, but ncnn's use_int8_inference is off"
-        elif int8_weight_blobs == 0:
-            fp32[name] = "int8 scales in the .param, but the .bin holds no int8 weights"
-        else:
-            counts["int8"] += 1
-            continue
-        counts["fp32"] += 1
-    return counts, fp32
-
-
-def _python_handles() -> frozenset[str]:
-    from harness.backends._ncnn_quant import QUANT_TYPES
-
-    return QUANT_TYPES

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from harness.backends import _ncnn_quant_build as int8
 from harness.backends import _ncnn_tools as tools
 from harness.backends.base import Backend, Session, missing_package_reason
 from harness.core.cache import cached, feeds_digest
@@ -122,7 +123,7 @@ class NcnnBackend(Backend):
         reason = super().unsupported_reason(model, precision)
         if reason is None and precision is Precision.INT8:
             try:
-                tools.int8_quantizer()
+                int8.int8_quantizer()
             except UnsupportedPrecision as exc:
                 return str(exc)
         return reason
@@ -131,7 +132,7 @@ class NcnnBackend(Backend):
         support = super().precision_support()
         if support.get(Precision.INT8, "") is None:
             try:
-                tools.int8_quantizer()
+                int8.int8_quantizer()
             except UnsupportedPrecision as exc:
                 support[Precision.INT8] = str(exc)
         return support
@@ -172,9 +173,7 @@ class NcnnBackend(Backend):
 
     def _int8(self, model: ExportedModel, param: Path, calibration: Sequence[Feeds]) -> tuple[Path, dict[str, Any]]:
         """The int8 model (cached on param, bin, calibration and quantizer) and its report for the settings."""
-        from harness.backends import _ncnn_quant as quant
-
-        quantizer = tools.int8_quantizer()
+        quantizer = int8.int8_quantizer()
         digest = hashlib.sha256(param.read_bytes())
         digest.update(param.with_suffix(".bin").read_bytes())
         digest.update(quantizer.identity().encode())  # another build of the tools or the port: another artifact
@@ -183,7 +182,7 @@ class NcnnBackend(Backend):
         built: list[bool] = []
 
         def build(tmp: Path) -> None:
-            quant.build(quantizer, param, tmp, calibration, model.spec.inputs, self.threads,
+            int8.build(quantizer, param, tmp, calibration, model.spec.inputs, self.threads,
                         lambda: self._net(param, fp16=False, int8=False))
             built.append(True)
 
@@ -351,7 +350,7 @@ def _executed(precision: Precision, param: Path, net: Any, settings: dict[str, A
     """Precision read back from the built net, the .bin weight tags and the CPU."""
     if precision is Precision.INT8:
         loaded = [(la.name, la.type) for la in net.layers()]
-        by_type, fp32 = tools.int8_audit(tools.parse_param(param), loaded, settings["options"]["use_int8_inference"],
+        by_type, fp32 = int8.int8_audit(tools.parse_param(param), loaded, settings["options"]["use_int8_inference"],
                                          settings["bin_weight_blobs"]["int8"], settings.get("int8_quantizer", ""),
                                          settings.pop("int8_kept_fp32", {}))
         settings.update(int8_layers=by_type.get("int8", 0), int8_fp32_layers=fp32)
