@@ -82,7 +82,7 @@ def test_int8_forced_to_absent_tools_is_unsupported_with_the_fix(monkeypatch: py
     monkeypatch.setenv("HARNESS_NCNN_INT8", "tools")
     r = _run("resnet_tiny", Precision.INT8)
     assert r.status == Status.UNSUPPORTED.value
-    assert r.reason == MISSING
+    assert r.reason == f"{MISSING} (or unset HARNESS_NCNN_INT8=tools to quantize with the harness's Python port)"
 
 
 def test_int8_tools_dir_without_tools_names_the_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -93,6 +93,7 @@ def test_int8_tools_dir_without_tools_names_the_dir(monkeypatch: pytest.MonkeyPa
     assert r.status == Status.UNSUPPORTED.value
     assert f"NCNN_TOOLS={tmp_path} lacks executable ncnn2int8" in r.reason
     assert MISSING in r.reason
+    assert r.reason.endswith("(or unset NCNN_TOOLS to quantize with the harness's Python port)")
 
 
 class ArgmaxHead(nn.Module):

@@ -61,9 +61,10 @@ def int8_quantizer() -> Int8Quantizer:
         return Int8Quantizer(QuantSettings().label)
     try:
         return Int8Quantizer(tools.TOOLS_LABEL, tools=tools.find_tools())
-    except UnsupportedPrecision:
-        if choice == "tools" or os.environ.get("NCNN_TOOLS"):
-            raise
+    except UnsupportedPrecision as exc:
+        asked = f"{INT8_ENV}=tools" if choice == "tools" else "NCNN_TOOLS" if os.environ.get("NCNN_TOOLS") else None
+        if asked is not None:
+            raise UnsupportedPrecision(f"{exc} (or unset {asked} to quantize with the harness's Python port)") from exc
     return Int8Quantizer(QuantSettings().label)
 
 
