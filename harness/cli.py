@@ -25,9 +25,15 @@ def _cmd_backends(args: argparse.Namespace) -> int:
     for name in backends.names(include_hidden=args.all):
         b = backends.get(name)()
         reason = b.unavailable_reason()
-        rows.append((name, ",".join(b.aliases) or "-", ",".join(sorted(p.value for p in b.precisions)),
-                     b.version() if reason is None else "-", "yes" if reason is None else f"no: {reason}"))
-    _print_table(("backend", "aliases", "precisions", "version", "available"), rows)
+        support = b.precision_support()
+        why_not: dict[str, list[str]] = {}  # one reason, the precisions it stops
+        for p, why in support.items():
+            if why is not None:
+                why_not.setdefault(why, []).append(p.value)
+        rows.append((name, ",".join(b.aliases) or "-", b.version() if reason is None else "-",
+                     ",".join(p.value for p, why in support.items() if why is None) or "none",
+                     "; ".join(f"{','.join(ps)}: {why}" for why, ps in why_not.items()) or "-"))
+    _print_table(("backend", "aliases", "version", "runs here", "cannot run here"), rows)
     return 0
 
 
@@ -157,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "Suites run with pytest: pytest suites/ --backend ort --precision int8")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("backends", help="list backends, their precisions and whether they can run here")
+    s = sub.add_parser("backends", help="list backends and the precisions that can run here (why not, for the others)")
     s.add_argument("--all", action="store_true", help="include hidden test-only backends")
     s.set_defaults(func=_cmd_backends)
 

@@ -74,12 +74,15 @@ def test_fp16_reports_what_the_cpu_executed(model: str) -> None:
         assert r.precision_match in ("exact", "partial")
 
 
-def test_int8_without_tools_is_unsupported_with_the_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_int8_forced_to_absent_tools_is_unsupported_with_the_fix(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """Without the tools int8 is built in Python (tests/test_ncnn_quant.py); asked for explicitly, they must exist."""
     monkeypatch.delenv("NCNN_TOOLS", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("HARNESS_NCNN_INT8", "tools")
     r = _run("resnet_tiny", Precision.INT8)
     assert r.status == Status.UNSUPPORTED.value
-    assert r.reason == MISSING
+    assert r.reason == f"{MISSING} (or unset HARNESS_NCNN_INT8=tools to quantize with the harness's Python port)"
 
 
 def test_int8_tools_dir_without_tools_names_the_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -90,6 +93,7 @@ def test_int8_tools_dir_without_tools_names_the_dir(monkeypatch: pytest.MonkeyPa
     assert r.status == Status.UNSUPPORTED.value
     assert f"NCNN_TOOLS={tmp_path} lacks executable ncnn2int8" in r.reason
     assert MISSING in r.reason
+    assert r.reason.endswith("(or unset NCNN_TOOLS to quantize with the harness's Python port)")
 
 
 class ArgmaxHead(nn.Module):
@@ -179,6 +183,10 @@ def test_int8_tool_plumbing_with_recording_fake_tools(monkeypatch: pytest.Monkey
         # the fake ncnn2int8 copied the fp32 model: the readback must say so, not echo the request
         assert session.executed_precision == "fp32"
         assert session.settings["options"]["use_int8_inference"] is True
+        assert session.settings["int8_quantizer"] == "ncnn2table+ncnn2int8"
+        assert session.settings["calibration_samples"] == len(calibration)
+        assert session.settings["int8_fp32_layers"]["linear_7"] == "InnerProduct left fp32 by ncnn2table+ncnn2int8"
+        assert session.artifact.with_suffix(".table").read_text() == "conv_param_0 1.0\n"  # the table ships too
     argv = (fake / "ncnn2table.argv").read_text().splitlines()
     assert Path(argv[0]).name.startswith("ncnn-fp32-")
     assert argv[0].endswith(".ncnn.param")

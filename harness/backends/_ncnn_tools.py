@@ -1,9 +1,9 @@
-"""ncnn plumbing without the engine: param parsing, the int8 tools (ncnn2table, ncnn2int8), feeds as Mats.
+"""ncnn plumbing without the engine: params, weight tags, feeds as Mats, and ncnn's own int8 tools.
 
-ncnn2table/ncnn2int8 ship in no pip package: they are looked up in ``$NCNN_TOOLS``
-and on PATH. Calibration feeds are written as ``.npy`` files (one per sample and
-input, batch axis removed) with one list file per input, and ncnn2table reads
-them with ``type=1`` (its npy mode; ``shape`` is the npy shape reversed, [w,h,c]).
+``ncnn2table`` + ``ncnn2int8`` ship in no pip package: they are looked up in ``$NCNN_TOOLS`` and on PATH
+(``_ncnn_quant_build`` chooses between them and the Python port). Calibration feeds are written as ``.npy`` files
+(one per sample and input, batch axis removed) with one list file per input, which ncnn2table reads with
+``type=1`` (its npy mode; ``shape`` is the npy shape reversed, [w,h,c]).
 """
 
 from __future__ import annotations
@@ -13,15 +13,18 @@ import shutil
 import subprocess
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from harness.backends._ncnn_param import ParamLayer, read_param
 from harness.core.errors import ConversionError, UnsupportedPrecision
 from harness.core.types import Feeds, TensorSpec
 
+if TYPE_CHECKING:
+    import numpy as np
+
 TOOLS = ("ncnn2table", "ncnn2int8")
+TOOLS_LABEL = "ncnn2table+ncnn2int8"
 INSTALL_HINT = ("build ncnn from source (tools/quantize) and put them on PATH or set NCNN_TOOLS=<dir>")
 MISSING_REASON = f"ncnn int8 needs ncnn2table and ncnn2int8 (not shipped in any pip package): {INSTALL_HINT}"
 
@@ -35,28 +38,18 @@ COMPUTE_LAYERS = {
 }
 INT8_SCALE_KEY = {"Gemm": "18", "MultiHeadAttention": "18", "Embed": "18", "SDPA": "18"}  # others: "8"
 FP16_TAG, INT8_TAG = 0x01306B47, 0x000D4B38  # ncnn ModelBin tags that precede fp16 / int8 weight blobs
+TOOLS_QUANTIZE = frozenset({"Convolution", "ConvolutionDepthWise", "InnerProduct", "RNN", "LSTM", "GRU", "Embed",
+                            "Gemm", "MultiHeadAttention"})
+"""The layer types ncnn2int8 quantizes (tools/quantize/ncnn2int8.cpp)."""
+RUNTIME_QUANTIZED = frozenset({"Gemm", "MultiHeadAttention"})
+"""Types whose int8 weights select the int8 kernels by themselves (seen: same output with use_int8_inference off)."""
 
-
-@dataclass(frozen=True)
-class Layer:
-    """One line of an ncnn .param file."""
-
-    type: str
-    name: str
-    params: dict[str, str]
+Layer = ParamLayer
 
 
 def parse_param(path: Path) -> list[Layer]:
     """The layers of a text .param file (magic line, counts line, one layer per line)."""
-    layers = []
-    for line in path.read_text().splitlines()[2:]:
-        parts = line.split()
-        if len(parts) < 4:
-            continue
-        n_io = int(parts[2]) + int(parts[3])
-        kv = (p.split("=", 1) for p in parts[4 + n_io:] if "=" in p)
-        layers.append(Layer(parts[0], parts[1], dict(kv)))
-    return layers
+    return list(read_param(path).layers)
 
 
 def unregistered_layers(layers: Sequence[Layer]) -> list[Layer]:
@@ -78,12 +71,16 @@ def int8_layer_counts(layers: Sequence[Layer]) -> Counter[str]:
 
 def weight_tags(bin_path: Path) -> dict[str, int]:
     """How many weight blobs the .bin stores as fp16 / int8 (their ModelBin tags; untagged blobs are fp32)."""
+    import numpy as np
+
     words = np.fromfile(bin_path, dtype="<u4")
     return {"fp16": int(np.count_nonzero(words == FP16_TAG)), "int8": int(np.count_nonzero(words == INT8_TAG))}
 
 
 def as_mat_array(arr: np.ndarray, spec: TensorSpec) -> np.ndarray:
     """A C-contiguous float32 array ncnn.Mat can wrap; integer ids are bit-cast int32 -> float32 (ncnn Embed)."""
+    import numpy as np
+
     if spec.is_integer:
         return np.ascontiguousarray(arr, dtype=np.int32).view(np.float32)
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -121,33 +118,44 @@ def check_npy_support(ncnn2table: Path) -> None:
                                    f"rebuild it from a current ncnn source tree (tools/quantize)")
 
 
+def calibration_items(calibration: Sequence[Feeds], inputs: Sequence[TensorSpec]) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds as ncnn samples: one per batch element, ``in0``.. -> array without the batch axis,
+    each input keeping one shape (KL histograms and ncnn2table's ``shape=`` need it)."""
+    import numpy as np
+
+    items: list[dict[str, np.ndarray]] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    for feeds in calibration:
+        arrays = [np.asarray(feeds[t.name]) for t in inputs]
+        for b in range(max(a.shape[0] for a in arrays)):
+            item = {}
+            for i, (t, arr) in enumerate(zip(inputs, arrays, strict=True)):
+                mat = as_mat_array(arr[b if arr.shape[0] > 1 else 0], t)
+                if shapes.setdefault(t.name, mat.shape) != mat.shape:
+                    raise ConversionError(f"ncnn int8: calibration input {t.name!r} changes shape "
+                                          f"({shapes[t.name]} then {mat.shape}); calibration needs one shape per input")
+                item[f"in{i}"] = mat
+            items.append(item)
+    if not items:
+        raise ConversionError("ncnn int8: static quantization needs calibration data and none was given")
+    return items
+
+
 def write_calibration(calibration: Sequence[Feeds], inputs: Sequence[TensorSpec], folder: Path) -> tuple[str, str]:
     """Write .npy files and list files; return ncnn2table's list argument and ``shape=`` value."""
+    import numpy as np
+
     (folder / "cal").mkdir(parents=True, exist_ok=True)
-    lists: list[list[str]] = [[] for _ in inputs]
-    shapes: list[tuple[int, ...]] = [() for _ in inputs]
-    sample = 0
-    for feeds in calibration:
-        batch = max(np.asarray(feeds[t.name]).shape[0] for t in inputs)
-        for b in range(batch):
-            for i, t in enumerate(inputs):
-                arr = np.asarray(feeds[t.name])
-                item = as_mat_array(arr[b if arr.shape[0] > 1 else 0], t)
-                if shapes[i] and item.shape != shapes[i]:
-                    raise ConversionError(f"ncnn int8: calibration input {t.name!r} changes shape "
-                                          f"({shapes[i]} then {item.shape}); ncnn2table needs one shape per input")
-                shapes[i] = item.shape
-                name = f"cal/in{i}_{sample:05d}.npy"
-                np.save(folder / name, item)
-                lists[i].append(name)
-            sample += 1
-    if sample == 0:
-        raise ConversionError("ncnn int8: static quantization needs calibration data and none was given")
+    items = calibration_items(calibration, inputs)
     list_names = []
-    for i, names in enumerate(lists):
+    for i in range(len(inputs)):
+        names = [f"cal/in{i}_{k:05d}.npy" for k in range(len(items))]
+        for name, item in zip(names, items, strict=True):
+            np.save(folder / name, item[f"in{i}"])
         (folder / f"list{i}.txt").write_text("\n".join(names) + "\n")
         list_names.append(f"list{i}.txt")
-    shape_arg = ",".join("[" + ",".join(str(d) for d in reversed(s)) + "]" for s in shapes)
+    shape_arg = ",".join("[" + ",".join(str(d) for d in reversed(items[0][f"in{i}"].shape)) + "]"
+                         for i in range(len(inputs)))
     return ",".join(list_names), shape_arg
 
 
@@ -187,3 +195,4 @@ def quantize(tools: dict[str, Path], param: Path, bin_: Path, out_param: Path, c
     run_tool(table_command(tools["ncnn2table"], param, bin_, lists, table, shapes, threads), work, [work / table])
     out_bin = out_param.with_suffix(".bin")
     run_tool(int8_command(tools["ncnn2int8"], param, bin_, out_param, out_bin, table), work, [out_param, out_bin])
+    shutil.copyfile(work / table, out_param.with_suffix(".table"))

@@ -98,6 +98,12 @@ class Backend(ABC):
         UnsupportedPrecision when it cannot build it at ``precision``.
         """
 
+    def precision_support(self) -> dict[Precision, str | None]:
+        """Every precision -> None when it can run on this machine (perhaps as a fallback), else why not."""
+        reason = self.unavailable_reason()
+        return {p: reason if reason is not None else None if p in self.precisions
+                else f"{self.name} does not support {p.value}" for p in Precision}
+
     def unsupported_reason(self, model: ExportedModel, precision: Precision) -> str | None:
         """Why this backend cannot run ``model`` at ``precision`` at all, known before building."""
         if precision not in self.precisions:

@@ -5,8 +5,10 @@ weights as fp16 in the .bin (pnnx ``fp16=1``) and turns on ncnn's fp16 storage,
 packed and arithmetic options; the executed precision comes from the CPU
 features ncnn reports, the weight tags in the .bin and the layers ncnn built
 (x86 has no fp16 arithmetic in ncnn: ``mixed(fp16-storage,fp32-compute)``).
-int8 runs ncnn2table + ncnn2int8 (see ``_ncnn_tools``) and counts the layers
-ncnn2int8 gave an int8 scale term.
+int8 quantizes the fp32 conversion with ncnn2table + ncnn2int8 where they are
+installed, else with the harness's Python port of them (``_ncnn_quant``), and
+counts the compute layers of the loaded net that carry int8 weights and scales
+(the rest, and why, go to ``settings["int8_fp32_layers"]``).
 
 ncnn Mats have no batch axis: pnnx drops axis 0, so a batch > 1 runs one element
 at a time and the outputs are stacked. Integer token ids are bit-cast
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from harness.backends import _ncnn_quant_build as int8
 from harness.backends import _ncnn_tools as tools
 from harness.backends import _pnnx as pnnx
 from harness.backends.base import Backend, Session, missing_package_reason
@@ -124,21 +127,29 @@ class NcnnBackend(Backend):
         reason = super().unsupported_reason(model, precision)
         if reason is None and precision is Precision.INT8:
             try:
-                tools.find_tools()
+                int8.int8_quantizer()
             except UnsupportedPrecision as exc:
                 return str(exc)
         return reason
 
+    def precision_support(self) -> dict[Precision, str | None]:
+        support = super().precision_support()
+        if support.get(Precision.INT8, "") is None:
+            try:
+                int8.int8_quantizer()
+            except UnsupportedPrecision as exc:
+                support[Precision.INT8] = str(exc)
+        return support
+
     def load(self, model: ExportedModel, precision: Precision, workdir: Path,
              calibration: Sequence[Feeds] | None = None) -> Session:
-        found = tools.find_tools() if precision is Precision.INT8 else {}
         ranks = _output_ranks(model)
         scalars = [n for n, r in zip(model.output_names, ranks, strict=True) if r == 0]
         if scalars and max(batches := _batch_sizes(model)) > 1:
             raise ConversionError(f"ncnn: 0-d output(s) {scalars} with batches of {sorted(batches)} are not supported "
                                   "by the harness: an ncnn Mat has no batch axis, so a batch runs one item at a time "
                                   "and a 0-d output cannot be assembled from the items", cause=Cause.HARNESS)
-        param, log = self.convert(model, fp16=precision is Precision.FP16)
+        param, log = self.convert(model, fp16=precision is Precision.FP16)  # int8 starts from the fp32 weights
         via = "pnnx ONNX import -> ncnn" if model.spec.onnx_file is not None else "torch.jit.trace -> pnnx -> ncnn"
         settings: dict[str, Any] = {"threads": self.threads, "converter": via,
                                     "pnnx_version": module_version("pnnx"), **log, "batch": BATCH_NOTE}
@@ -147,9 +158,8 @@ class NcnnBackend(Backend):
         if precision is Precision.INT8:
             if not calibration:
                 raise ConversionError("ncnn int8: static quantization needs calibration data and none was given")
-            param = self._int8(model, param, calibration, found)
-            settings.update(recipe="ncnn2table (KL, npy calibration type=1) -> ncnn2int8",
-                            calibration_samples=len(calibration), tools={k: str(v) for k, v in found.items()})
+            param, report = self._int8(model, param, calibration)
+            settings.update(report)
         net = self._net(param, fp16=precision is Precision.FP16, int8=precision is Precision.INT8)
         _check_blobs(net, model)
         settings["options"] = _options(net.opt)
@@ -175,15 +185,23 @@ class NcnnBackend(Backend):
                 log = {"cached": True, "conversion_log": "unreadable; the cached artifact passed its hash check"}
         return path, log
 
-    def _int8(self, model: ExportedModel, param: Path, calibration: Sequence[Feeds],
-              found: dict[str, Path]) -> Path:
+    def _int8(self, model: ExportedModel, param: Path, calibration: Sequence[Feeds]) -> tuple[Path, dict[str, Any]]:
+        """The int8 model (cached on param, bin, calibration and quantizer) and its report for the settings."""
+        quantizer = int8.int8_quantizer()
         digest = hashlib.sha256(param.read_bytes())
-        for tool in sorted(found):  # another build of the tools makes another artifact
-            digest.update(found[tool].read_bytes())
+        digest.update(param.with_suffix(".bin").read_bytes())
+        digest.update(quantizer.identity().encode())  # another build of the tools or the port: another artifact
         key = feeds_digest(calibration, salt=digest.hexdigest(), length=12)
         out = model.artifact(f"ncnn-int8-{key}.ncnn.param")
-        return cached(out, lambda tmp: tools.quantize(found, param, param.with_suffix(".bin"), tmp, calibration,
-                                                      model.spec.inputs, self.threads), extra_files=(".bin",))
+        built: list[bool] = []
+
+        def build(tmp: Path) -> None:
+            int8.build(quantizer, param, tmp, calibration, model.spec.inputs, self.threads,
+                        lambda: self._net(param, fp16=False, int8=False))
+            built.append(True)
+
+        cached(out, build, extra_files=(".bin", ".table", ".json"))
+        return out, {**json.loads(out.with_suffix(".json").read_text()), "int8_cached": not built}
 
     def _net(self, param: Path, fp16: bool, int8: bool) -> Any:
         import ncnn
@@ -262,9 +280,13 @@ def cpu_features() -> dict[str, bool]:
 
 def _executed(precision: Precision, param: Path, net: Any, settings: dict[str, Any]) -> str:
     """Precision read back from the built net, the .bin weight tags and the CPU."""
-    layers = tools.parse_param(param)
     if precision is Precision.INT8:
-        return summarize(tools.int8_layer_counts(layers) or Counter({"fp32": 1}))
+        loaded = [(la.name, la.type) for la in net.layers()]
+        by_type, fp32 = int8.int8_audit(tools.parse_param(param), loaded, settings["options"]["use_int8_inference"],
+                                         settings["bin_weight_blobs"]["int8"], settings.get("int8_quantizer", ""),
+                                         settings.pop("int8_kept_fp32", {}))
+        settings.update(int8_layers=by_type.get("int8", 0), int8_fp32_layers=fp32)
+        return summarize(by_type or Counter({"fp32": 1}))
     compute = [la for la in net.layers() if la.type in tools.COMPUTE_LAYERS]
     opt, cpu = settings["options"], settings["cpu"]
     counts: Counter[str] = Counter()
