@@ -4,8 +4,11 @@ fp32 runs the export; fp16 converts the simplified graph with onnxconverter-comm
 (FP32 I/O kept); int8 is static post-training QDQ quantization (u8 activations,
 s8 per-channel weights, MinMax calibration over the shared calibration sets,
 ``quant_pre_process`` first), dynamic quantization only where static fails.
-The executed precision is read from ORT's own profiler: the input type of every
-compute kernel that really ran after graph optimization.
+The executed precision is read lazily: at fp16/int8 from ORT's own profiler (the
+input type of every compute kernel that really ran after graph optimization, from
+the session's own runs), at fp32 from the graph's types (see ``OrtBackend._session``).
+One InferenceSession per case; building it runs nothing, so a run-time error is
+the run's ``error``, never a build failure.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
-
-import numpy as np
 
 from harness.backends import _ort_quant as quant
 from harness.backends.base import Backend, Session, missing_package_reason
@@ -38,15 +39,32 @@ INTEGER_OPS = {"MatMulIntegerToFloat", "DynamicQuantizeLSTM", "DynamicQuantizeMa
 
 
 class OrtSession(Session):
-    def __init__(self, session: Any, artifact: Path, settings: dict[str, Any], executed: str) -> None:
+    """One InferenceSession; ``executed_precision`` is read on first access (see ``OrtBackend._session``)."""
+
+    def __init__(self, session: Any, artifact: Path, settings: dict[str, Any], read_precision: Any) -> None:
         self.session = session
         self.artifact = artifact
         self.settings = settings
-        self.executed_precision = executed
         self.output_names = [o.name for o in session.get_outputs()]
+        self._read_precision = read_precision
+        self._executed: str | None = None
+        self.runs = 0
 
-    def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=True))
+    @property  # type: ignore[override]
+    def executed_precision(self) -> str:
+        if self._executed is None:
+            self._executed = self._read_precision(self)
+        return self._executed
+
+    def run(self, feeds: Feeds) -> dict[str, Any]:
+        """Run on host values: arrays, and for sequence/optional graph values lists of arrays / None."""
+        outputs = self.session.run(self.output_names, dict(feeds))
+        self.runs += 1
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def close(self) -> None:
+        if self._executed is None and self.settings.get("profiling"):
+            _end_profile(self.session)  # never read: do not leave the profile file behind
 
 
 class OrtBackend(Backend):
@@ -99,44 +117,33 @@ class OrtBackend(Backend):
         return so
 
     def _session(self, path: Path, precision: Precision, recipe: dict[str, Any], model: ExportedModel) -> Session:
+        """Build one session: build errors are ``convert_failed``; nothing runs here (run errors surface in ``run``).
+
+        The executed precision is read lazily. At fp32 it is read from the graph's own tensor types:
+        ORT's CPU and CUDA EPs run each kernel at the element types the graph declares (no EP option
+        that lowers precision is set: no TensorRT fp16 flag, no mixed-precision transform), so the
+        profiler could only repeat those types. At fp16/int8 the converted graph's Cast placement and
+        ORT's fusions decide which kernels compute at which type, so the session is created with
+        ORT's profiler on; the compare runs are profiled and the first read ends the profile.
+        """
         import onnxruntime as ort
 
         providers = self.providers()
+        profile = precision is not Precision.FP32
+        so = self._options()
+        if profile:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(path.parent / f".ort-profile-{os.getpid()}")
         try:
-            session = ort.InferenceSession(str(path), self._options(), providers=providers)
+            session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:
             raise ConversionError(f"onnxruntime could not load {path.name}: {exc}") from exc
-        executed = self._executed_precision(path, providers, model,
-                                            storage="fp16" if precision is Precision.FP16 else None)
         settings = {"threads": self.threads, "inter_op_threads": 1, "providers": session.get_providers(),
-                    "graph_optimization": "ORT_ENABLE_ALL", **recipe}
-        return OrtSession(session, path, settings, executed)
-
-    def _executed_precision(self, path: Path, providers: list[str], model: ExportedModel, storage: str | None) -> str:
-        """Run once under ORT's profiler and count the input types of the compute kernels that ran."""
-        import onnxruntime as ort
-
-        so = self._options()
-        so.enable_profiling = True
-        so.profile_file_prefix = str(path.parent / f".ort-profile-{os.getpid()}")
-        session = ort.InferenceSession(str(path), so, providers=providers)
-        session.run(None, model.example_feeds())
-        profile = Path(session.end_profiling())
-        try:
-            events = json.loads(profile.read_text())
-        finally:
-            profile.unlink(missing_ok=True)
-        counts: Counter[str] = Counter()
-        for ev in events:
-            args = ev.get("args", {})
-            op = args.get("op_name")
-            if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or op not in COMPUTE_OPS:
-                continue
-            types = [next(iter(t)) for t in args.get("input_type_shape", []) if t]
-            counts["int8" if op in INTEGER_OPS else (types[0] if types else "unknown")] += 1
-        if storage is not None and counts and set(counts) <= {"float"}:
-            return summarize(counts, storage=storage)
-        return summarize(counts)
+                    "graph_optimization": "ORT_ENABLE_ALL", "profiling": profile, **recipe}
+        if not profile:
+            return OrtSession(session, path, settings, lambda s: _graph_precision(path))
+        storage = "fp16" if precision is Precision.FP16 else None
+        return OrtSession(session, path, settings, lambda s: _profiled_precision(s, model, storage))
 
     def _int8(self, model: ExportedModel, calibration: Sequence[Feeds]) -> tuple[Path, dict[str, Any]]:
         reduce_range = quant.reduce_range_needed()
@@ -156,6 +163,59 @@ class OrtBackend(Backend):
                                   f"quantization failed ({type(exc).__name__}: {exc})") from exc
         return path, {"recipe": "dynamic quantization, QInt8 weights (static QDQ failed)",
                       "static_error": static_error[:500]}
+
+
+def _profiled_precision(s: OrtSession, model: ExportedModel, storage: str | None) -> str:
+    """End the session's profile (after one run of the export example if nothing ran yet) and count the
+    input types of the compute kernels that ran."""
+    if s.runs == 0:
+        try:
+            s.run(model.example_feeds())
+        except Exception:  # the run error itself surfaces from the case's own runs
+            _end_profile(s.session)
+            return "unknown"
+    events = _end_profile(s.session)
+    kernels: dict[str, str] = {}  # one entry per node, however many runs were profiled
+    for ev in events:
+        args = ev.get("args", {})
+        op = args.get("op_name")
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or op not in COMPUTE_OPS:
+            continue
+        types = [next(iter(t)) for t in args.get("input_type_shape", []) if t]
+        kind = "int8" if op in INTEGER_OPS else (types[0] if types else "unknown")
+        kernels[f'{ev["name"]}#{args.get("node_index")}'] = kind
+    counts = Counter(kernels.values())
+    if storage is not None and counts and set(counts) <= {"float"}:
+        return summarize(counts, storage=storage)
+    return summarize(counts)
+
+
+def _end_profile(session: Any) -> list[dict[str, Any]]:
+    profile = Path(session.end_profiling())
+    try:
+        return json.loads(profile.read_text()) if profile.is_file() else []
+    finally:
+        profile.unlink(missing_ok=True)
+
+
+def _graph_precision(path: Path) -> str:
+    """The element type of the first input of every compute node, from the graph's inferred types."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # types of graph inputs/initializers still count
+        pass
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+    types.update({t.name: t.data_type for t in g.initializer})
+    counts: Counter[str] = Counter()
+    for node in g.node:
+        if node.op_type in COMPUTE_OPS and node.input and node.input[0] in types:
+            elem = onnx.TensorProto.DataType.Name(types[node.input[0]]).lower()
+            counts["int8" if node.op_type in INTEGER_OPS else elem] += 1
+    return summarize(counts)
 
 
 def _to_fp16(model: ExportedModel, out: Path) -> None:

@@ -30,6 +30,7 @@ from harness.core.cache import cached, feeds_digest
 from harness.core.errors import ConversionError, UnsupportedPrecision
 from harness.core.machine import module_version
 from harness.core.types import Feeds, Precision
+from harness.model.onnx_files import NotFeedable, non_tensor_values
 
 if TYPE_CHECKING:
     from harness.model.export import ExportedModel
@@ -52,14 +53,25 @@ class OpenVinoSession(Session):
         self.settings = settings
         self.executed_precision = executed
         self.ports = _output_ports(compiled, output_names)
+        self.input_names = {n for port in compiled.inputs for n in port.get_names()}
 
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        self.request.infer(_host_feeds(feeds, self.input_names))
         return {name: np.array(self.request.get_tensor(port).data, copy=True) for name, port in self.ports.items()}
 
     def close(self) -> None:
         self.request = None
         self.compiled = None
+
+
+def _host_feeds(feeds: Feeds, inputs: set[str]) -> dict[str, np.ndarray]:
+    """The feeds the compiled model has ports for, C-contiguous with their rank kept.
+
+    ``np.ascontiguousarray`` would turn a 0-d array into shape ``[1]`` (it returns ndim >= 1), which
+    a static scalar port rejects; and OpenVINO drops graph inputs no output depends on (they have
+    no port, and feeding them fails), so only inputs with a port are fed.
+    """
+    return {k: np.asarray(v, order="C") for k, v in feeds.items() if k in inputs}
 
 
 def _output_ports(compiled: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -131,7 +143,12 @@ class OpenVinoBackend(Backend):
             log["recipe"] = f"convert_model from {self.source}, IR compress_to_fp16=True, INFERENCE_PRECISION_HINT=f16"
         else:
             ir = self._int8_ir(model, fp32_ir, calibration, log)
-        return self._compile(ir, precision, model, log)
+        session = self._compile(ir, precision, model, log)
+        if (why := non_tensor_values(model.spec)) is not None:  # the engine built it: only our feeding cannot
+            session.close()
+            raise NotFeedable(f"ov: {why}; OpenVINO's Python API (infer on numpy arrays / ov.Tensor) carries "
+                              "tensors only, so the harness cannot feed or read it (the engine built the model)")
+        return session
 
     def _fp32_ir(self, model: ExportedModel, log: dict[str, Any]) -> Path:
         convert = _from_torch if self.source == "torch" else _from_onnx

@@ -20,7 +20,7 @@ from harness.core.cache import cache_root, cached
 from harness.core.compare import Tolerance
 from harness.core.errors import HarnessError, UnknownNameError
 from harness.core.spec import ModelSpec
-from harness.core.types import Precision, Status, TensorSpec
+from harness.core.types import Cause, Precision, Status, TensorSpec
 
 SUITE = "onnx_conformance"
 """The suite name of ONNX conformance records."""
@@ -43,6 +43,8 @@ TOLERANCE_OVERRIDES: dict[str, tuple[float, float]] = {
 
 
 NO_TORCH_REASON = "ONNX-native model: no torch module"
+FORMAT = "v2"
+"""Version of the cached case files and indexes (v2: sequence and optional values written and indexed)."""
 
 
 _CI_NODE = """abs add add_bcast sub mul div pow sqrt exp log relu leakyrelu prelu_example hardswish sigmoid tanh
@@ -68,6 +70,26 @@ class NoTorchModule(HarnessError):
     status = Status.UNSUPPORTED
 
 
+class NotFeedable(HarnessError):
+    """The engine built the model, but its Python API cannot take the case's values (a sequence, an empty optional).
+
+    ``unsupported`` charged to the harness: what the engine computes is never seen.
+    """
+
+    status = Status.UNSUPPORTED
+    cause = Cause.HARNESS
+
+
+def non_tensor_values(spec: ModelSpec) -> str | None:
+    """Which of an ONNX case's inputs/expected outputs are not arrays (lists, None), or None when all are."""
+    if spec.golden is None:
+        return None
+    found = [f"{n!r} is {'a sequence' if isinstance(v, list | tuple) else 'an empty optional'}"
+             for pair in spec.golden()[:1] for values in pair for n, v in values.items()
+             if not isinstance(v, np.ndarray)]
+    return ", ".join(found) or None
+
+
 @dataclass(frozen=True)
 class OnnxCase:
     """One conformance case: an ONNX file, its expected data sets and what the harness knows about it."""
@@ -84,6 +106,8 @@ class OnnxCase:
     rtol: float = DEFAULT_RTOL
     atol: float = DEFAULT_ATOL
     unsupported: str | None = None
+    kinds: tuple[tuple[str, str], ...] = ()
+    """``(name, kind)`` of every graph input/output that is not a plain tensor: ``sequence`` or ``optional``."""
 
     @property
     def id(self) -> str:
@@ -101,11 +125,12 @@ class OnnxCase:
         """``[(inputs, expected_outputs), ...]`` by name, from the case's ``test_data_set_*`` folders."""
         if self.case_set == "light":
             return light_golden(Path(self.model_file), self.inputs, self.outputs)
-        return load_data_sets(Path(self.data_dir), [t.name for t in self.inputs], list(self.outputs))
+        return load_data_sets(Path(self.data_dir), [t.name for t in self.inputs], list(self.outputs), dict(self.kinds))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OnnxCase:
         return cls(**{**d, "op_types": tuple(d["op_types"]), "outputs": tuple(d["outputs"]),
+                      "kinds": tuple(tuple(k) for k in d.get("kinds", ())),
                       "inputs": tuple(TensorSpec(i["name"], tuple(i["shape"]), i["dtype"]) for i in d["inputs"])})
 
     def as_dict(self) -> dict[str, Any]:
@@ -134,7 +159,7 @@ def discover(sets: Iterable[str] = CASE_SETS, root: Path | None = None) -> list[
         raise HarnessError(f"unknown ONNX case sets {sorted(unknown)}; known: {', '.join(CASE_SETS)}")
     out: list[OnnxCase] = []
     for case_set in sets:
-        index = _cases_root(root) / f"index-{case_set}.json"
+        index = _cases_root(root) / f"index-{case_set}-{FORMAT}.json"
         cached(index, lambda tmp, s=case_set: tmp.write_text(json.dumps([c.as_dict() for c in _scan(s, root)])))
         out += [OnnxCase.from_dict(d) for d in json.loads(index.read_text())]
     return out
@@ -160,7 +185,7 @@ def _scan(case_set: str, root: Path | None) -> list[OnnxCase]:
 
 def node_cases_dir(root: Path | None = None) -> Path:
     """The node cases written as files (model.onnx + test_data_set_0/*.pb), generated on first use (~20 s)."""
-    dest = _cases_root(root) / "node"
+    dest = _cases_root(root) / f"node-{FORMAT}"
     if (dest / ".complete").exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -181,7 +206,6 @@ def node_cases_dir(root: Path | None = None) -> Path:
 def _write_node_cases(out: Path) -> None:
     import warnings
 
-    from onnx import TensorProto, numpy_helper
     from onnx.backend.test.loader import load_node_model_tests
 
     with warnings.catch_warnings():
@@ -197,12 +221,21 @@ def _write_node_cases(out: Path) -> None:
             ds.mkdir()
             for prefix, infos, values in (("input", g.input, ins), ("output", g.output, outs)):
                 for j, value in enumerate(values):
-                    kind = infos[j].type.WhichOneof("value")
-                    if kind != "tensor_type":  # kept as proto-less markers: such cases are unsupported anyway
-                        continue
-                    tensor = value if isinstance(value, TensorProto) else numpy_helper.from_array(np.asarray(value),
-                                                                                                 infos[j].name)
-                    (ds / f"{prefix}_{j}.pb").write_bytes(tensor.SerializeToString())
+                    (ds / f"{prefix}_{j}.pb").write_bytes(_to_proto(value, infos[j]).SerializeToString())
+
+
+def _to_proto(value: Any, info: Any) -> Any:
+    """The proto ONNX's own ``backend-test-tools generate-data`` writes for ``value`` of graph value ``info``."""
+    from onnx import TensorProto, numpy_helper
+
+    kind = info.type.WhichOneof("value")
+    if kind == "sequence_type":
+        return numpy_helper.from_list(value, info.name)
+    if kind == "optional_type":
+        return numpy_helper.from_optional(value, info.name)
+    if kind == "map_type":
+        return numpy_helper.from_dict(value, info.name)
+    return value if isinstance(value, TensorProto) else numpy_helper.from_array(np.asarray(value), info.name)
 
 
 def _scan_light() -> list[OnnxCase]:
@@ -228,24 +261,36 @@ def describe(case_set: str, name: str, model_file: Path, data_dir: Path) -> Onnx
     inits = {i.name for i in g.initializer}
     ops = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in g.node})
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    problems = [p for v in [*g.input, *g.output] if v.name not in inits and (p := _value_problem(v))]
+    problems = [p for v in [*g.input, *g.output] if v.name not in inits and (p := _value_problem(v.name, v.type))]
     specs = tuple(_tensor_spec(v) for v in g.input if v.name not in inits)
+    kinds = tuple((v.name, k.removesuffix("_type")) for v in [*g.input, *g.output]
+                  if v.name not in inits and (k := v.type.WhichOneof("value")) in ("sequence_type", "optional_type"))
     return OnnxCase(case_set, name, str(model_file), str(data_dir), tuple(ops), opset, specs,
                     tuple(o.name for o in g.output), hashlib.sha256(model_file.read_bytes()).hexdigest()[:12],
-                    unsupported="; ".join(problems) or None)
+                    unsupported="; ".join(problems) or None, kinds=kinds)
 
 
-def _value_problem(v: Any) -> str | None:
-    """Why the Session API (named numpy host arrays) cannot carry this graph input/output, or None."""
+def _value_problem(name: str, type_proto: Any) -> str | None:
+    """Why the harness cannot feed or read this graph input/output through the engines' Python APIs, or None.
+
+    Sequences and optionals are carried (lists of arrays, ``None``/value: ONNX Runtime's Python API
+    takes and returns them); an engine whose API cannot take them says so when it builds the model.
+    """
     from onnx import TensorProto, helper
 
-    kind = v.type.WhichOneof("value")
+    kind = type_proto.WhichOneof("value")
+    if kind in ("sequence_type", "optional_type"):
+        inner = getattr(type_proto, kind).elem_type
+        return _value_problem(name, inner) if inner.WhichOneof("value") else None
     if kind != "tensor_type":
-        return f"{v.name!r} is {kind.removesuffix('_type')}-typed; the Session API carries tensors only"
-    elem = v.type.tensor_type.elem_type
+        return (f"{name!r} is {(kind or 'untyped').removesuffix('_type')}-typed: the harness feeds and reads tensors, "
+                "sequences and optionals only (the case is not run; the limit is the harness's, not the engine's)")
+    elem = type_proto.tensor_type.elem_type
     if _np_dtype(elem).isbuiltin != 1:  # ml_dtypes extensions (bfloat16, float8, int4, ...) are user-defined
-        return (f"{v.name!r} is {TensorProto.DataType.Name(elem)}, which has no native numpy dtype for the Session "
-                f"API's host arrays (numpy {helper.tensor_dtype_to_np_dtype(elem)} is an ml_dtypes extension)")
+        return (f"{name!r} is {TensorProto.DataType.Name(elem)}: its host array is an ml_dtypes "
+                f"{helper.tensor_dtype_to_np_dtype(elem)}, which ONNX Runtime's Python API rejects (RuntimeError "
+                "'Numpy_type N can't be converted to MLDataType' / 'No corresponding Numpy type for Tensor Type'), "
+                "so the harness cannot feed or read it (the limit is the Python API's, not the engine's kernels')")
     return None
 
 
@@ -259,11 +304,22 @@ def _np_dtype(elem: int) -> np.dtype:
 
 
 def _tensor_spec(v: Any) -> TensorSpec:
-    t = v.type.tensor_type
+    """The TensorSpec of a graph input; a sequence/optional gets its element tensor's dtype and no shape."""
+    t = v.type
+    while t.WhichOneof("value") in ("sequence_type", "optional_type"):
+        t = getattr(t, t.WhichOneof("value")).elem_type
+    if t.WhichOneof("value") != "tensor_type":
+        return TensorSpec(v.name, (), "void8")
+    if v.type.WhichOneof("value") != "tensor_type":
+        return TensorSpec(v.name, (), _spec_dtype(t.tensor_type.elem_type))
     dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{v.name}_d{i}")
-                 for i, d in enumerate(t.shape.dim))
-    dtype = _np_dtype(t.elem_type) if v.type.WhichOneof("value") == "tensor_type" else np.dtype("V1")
-    return TensorSpec(v.name, dims, "str" if dtype.kind in "OSU" else dtype.name)
+                 for i, d in enumerate(t.tensor_type.shape.dim))
+    return TensorSpec(v.name, dims, _spec_dtype(t.tensor_type.elem_type))
+
+
+def _spec_dtype(elem: int) -> str:
+    dtype = _np_dtype(elem)
+    return "str" if dtype.kind in "OSU" else dtype.name
 
 
 def _read_tensor(path: Path) -> np.ndarray:
@@ -273,12 +329,31 @@ def _read_tensor(path: Path) -> np.ndarray:
     return numpy_helper.to_array(onnx.load_tensor(str(path)))
 
 
-def load_data_sets(folder: Path, inputs: Sequence[str], outputs: Sequence[str],
-                   ) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
-    """Read ``test_data_set_*/{input,output}_N.pb`` (tensors) as named arrays, positionally."""
-    def read(ds: Path, prefix: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+def read_value(path: Path, kind: str = "tensor") -> Any:
+    """One ``input_N.pb``/``output_N.pb``: an array, a list of arrays (``sequence``) or None/value (``optional``)."""
+    import onnx
+    from onnx import numpy_helper
+
+    if kind == "tensor":
+        return _read_tensor(path)
+    proto = onnx.SequenceProto() if kind == "sequence" else onnx.OptionalProto()
+    proto.ParseFromString(path.read_bytes())
+    return numpy_helper.to_list(proto) if kind == "sequence" else numpy_helper.to_optional(proto)
+
+
+def load_data_sets(folder: Path, inputs: Sequence[str], outputs: Sequence[str], kinds: dict[str, str] | None = None,
+                   ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Read ``test_data_set_*/{input,output}_N.pb`` as named values, positionally.
+
+    Values are what ONNX Runtime's Python API takes and returns: arrays for tensors, lists of
+    arrays for the names ``kinds`` marks ``sequence``, None or the value for ``optional``. So a
+    case's feeds and expected outputs (``harness.core.types.Feeds``) may hold lists and None.
+    """
+    kinds = kinds or {}
+
+    def read(ds: Path, prefix: str, names: Sequence[str]) -> dict[str, Any]:
         files = [(n, ds / f"{prefix}_{j}.pb") for j, n in enumerate(names)]
-        return {n: _read_tensor(f) for n, f in files if f.exists()}
+        return {n: read_value(f, kinds.get(n, "tensor")) for n, f in files if f.exists()}
 
     folders = sorted(folder.glob("test_data_set_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
     return [(read(ds, "input", inputs), read(ds, "output", outputs)) for ds in folders]
@@ -335,7 +410,8 @@ def case_spec(case: OnnxCase, name: str | None = None) -> ModelSpec:
     """An ONNX-native ModelSpec for ``case``: its file is the model, its data sets are the reference."""
     golden = functools.cache(case.data_sets)
     first = golden()[0][0] if golden() else {}
-    inputs = tuple(replace(t, shape=tuple(first[t.name].shape)) if t.name in first else t for t in case.inputs)
+    inputs = tuple(replace(t, shape=tuple(first[t.name].shape)) if isinstance(first.get(t.name), np.ndarray) else t
+                   for t in case.inputs)
     not_comparable = next((r for p, r in NOT_COMPARABLE.items() if fnmatch.fnmatchcase(case.id, p)), None)
     return ModelSpec(name=name or case.id, factory=_no_module, inputs=inputs, outputs=case.outputs,
                      tags=frozenset({"onnx-case", case.case_set}), tolerances={Precision.FP32: case.tolerance},
