@@ -27,10 +27,10 @@ import numpy as np
 from harness.backends._ov_audit import audit, has_attention
 from harness.backends.base import Backend, Session
 from harness.core.cache import cached, feeds_digest
-from harness.core.errors import ConversionError, UnsupportedPrecision
+from harness.core.errors import ConversionError, HarnessError, UnsupportedPrecision
 from harness.core.machine import module_version
-from harness.core.types import Feeds, Precision
-from harness.model.onnx_files import NotFeedable, non_tensor_values
+from harness.core.spec import ModelSpec
+from harness.core.types import Cause, Feeds, Precision, Status
 
 if TYPE_CHECKING:
     from harness.model.export import ExportedModel
@@ -69,9 +69,36 @@ def _host_feeds(feeds: Feeds, inputs: set[str]) -> dict[str, np.ndarray]:
 
     ``np.ascontiguousarray`` would turn a 0-d array into shape ``[1]`` (it returns ndim >= 1), which
     a static scalar port rejects; and OpenVINO drops graph inputs no output depends on (they have
-    no port, and feeding them fails), so only inputs with a port are fed.
+    no port, and feeding them fails), so only inputs with a port are fed. OpenVINO wraps host
+    arrays without copying and refuses read-only ones (``ValueError: array is not writeable``; arrays
+    decoded from ONNX's ``.pb`` files are), so those are copied.
     """
-    return {k: np.asarray(v, order="C") for k, v in feeds.items() if k in inputs}
+    out = {}
+    for k, v in feeds.items():
+        if k in inputs:
+            a = np.asarray(v, order="C")
+            out[k] = a if a.flags.writeable else a.copy()
+    return out
+
+
+class NotFeedable(HarnessError):
+    """The engine built the model, but its Python API cannot take the case's values (a sequence, an empty optional).
+
+    ``unsupported`` charged to the harness: what the engine computes is never seen.
+    """
+
+    status = Status.UNSUPPORTED
+    cause = Cause.HARNESS
+
+
+def non_tensor_values(spec: ModelSpec) -> str | None:
+    """Which of an ONNX case's inputs/expected outputs are not arrays (lists, None), or None when all are."""
+    if spec.golden is None:  # PyTorch-referenced models: generated arrays only
+        return None
+    found = [f"{n!r} is {'a sequence' if isinstance(v, list | tuple) else 'an empty optional'}"
+             for pair in spec.golden()[:1] for values in pair for n, v in values.items()
+             if not isinstance(v, np.ndarray)]
+    return ", ".join(found) or None
 
 
 def _output_ports(compiled: Any, names: Sequence[str]) -> dict[str, Any]:

@@ -20,32 +20,29 @@ from harness.core.cache import cache_root, cached
 from harness.core.compare import Tolerance
 from harness.core.errors import HarnessError, UnknownNameError
 from harness.core.spec import ModelSpec
-from harness.core.types import Cause, Precision, Status, TensorSpec
+from harness.core.types import Precision, Status, TensorSpec
 
 SUITE = "onnx_conformance"
 """The suite name of ONNX conformance records."""
 CASE_SETS = ("node", "pytorch-converted", "pytorch-operator", "simple", "light")
-
-
-DEFAULT_RTOL = 1e-3
-
-
-DEFAULT_ATOL = 1e-7
-
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-7
+"""ONNX's own defaults (``onnx.backend.test.loader``, ``case.node.expect``)."""
 
 TOLERANCE_OVERRIDES: dict[str, tuple[float, float]] = {
-    # case-id pattern -> (rtol, atol). ONNX's own per-model values (light models) come from data/real/*/data.json.
-    # DFT/STFT: elements whose exact value is 0 come out of cancelling sums of terms up to |540|..|1900|; float32
-    # leaves ~1e-6 of the largest magnitude there (measured with ORT: 3.4e-4 at max |ref| 540), atol 1e-7 cannot hold.
-    "node-test_dft*": (1e-3, 1e-3),
-    "node-test_stft*": (1e-3, 1e-3),
+    # case-id pattern -> (rtol, atol), where ONNX's own tolerance (rtol 1e-3, atol 1e-7 for every node case in onnx
+    # 1.23; data.json for model cases) asks what no float32 engine can give. DFT/STFT outputs whose exact value is 0
+    # come out of cancelling sums of float32 terms up to |540|..|1912|; the rounding left there (~2.5e-7 of the
+    # largest magnitude) is above 1e-7. Measured (onnx 1.23.2, worst input element, atol needed at rtol 1e-3):
+    # ORT 1.32 dft 1.6e-4, dft_axis 2.37e-4, inverse 1.7e-5, irfft 1.1e-5, stft 8.4e-5, stft_with_window 4.2e-5;
+    # OpenVINO 2026.4 at most 8.8e-5. Overrides: the worst need x ~1.25. ONNX's runner fails these cases on ORT:
+    # listed as policy differences in tests/data/onnx_crosscheck_policy.json.
+    "node-test_dft*": (1e-3, 3e-4),
+    "node-test_stft*": (1e-3, 1e-4),
 }
-
 
 NO_TORCH_REASON = "ONNX-native model: no torch module"
 FORMAT = "v2"
 """Version of the cached case files and indexes (v2: sequence and optional values written and indexed)."""
-
 
 _CI_NODE = """abs add add_bcast sub mul div pow sqrt exp log relu leakyrelu prelu_example hardswish sigmoid tanh
 gelu_default_1 softmax_axis_1 conv_with_strides_padding convtranspose maxpool_2d_pads averagepool_2d_pads
@@ -57,37 +54,15 @@ nonzero_example range_float_type_positive_delta constantofshape_int_zeros resize
 resize_downsample_scales_linear depthtospace_crd_mode_example reduce_mean_default_axes_keepdims_example
 clip_default_inbounds cast_FLOAT_to_FLOAT16 mod_mixed_sign_float32 bitshift_right_uint32 quantizelinear
 dequantizelinear dft cast_FLOAT_to_BFLOAT16 sequence_insert_at_back optional_has_element_empty_optional_input"""
-
-
 CI_CASES = (*(f"node-test_{n}" for n in _CI_NODE.split()), "pytorch-converted-test_Conv2d",
             "pytorch-operator-test_operator_add_broadcast", "simple-test_single_relu_model", "light-test_squeezenet")
-"""The ``ci`` selection: common ops, a few engine-hard ones, and unsupported-by-design kinds (sequence, bf16)."""
+"""The ``ci`` selection: common ops, a few engine-hard ones, sequence/optional values and a bf16 output."""
 
 
 class NoTorchModule(HarnessError):
     """An ONNX-native model asked for its torch module."""
 
     status = Status.UNSUPPORTED
-
-
-class NotFeedable(HarnessError):
-    """The engine built the model, but its Python API cannot take the case's values (a sequence, an empty optional).
-
-    ``unsupported`` charged to the harness: what the engine computes is never seen.
-    """
-
-    status = Status.UNSUPPORTED
-    cause = Cause.HARNESS
-
-
-def non_tensor_values(spec: ModelSpec) -> str | None:
-    """Which of an ONNX case's inputs/expected outputs are not arrays (lists, None), or None when all are."""
-    if spec.golden is None:
-        return None
-    found = [f"{n!r} is {'a sequence' if isinstance(v, list | tuple) else 'an empty optional'}"
-             for pair in spec.golden()[:1] for values in pair for n, v in values.items()
-             if not isinstance(v, np.ndarray)]
-    return ", ".join(found) or None
 
 
 @dataclass(frozen=True)
@@ -179,8 +154,16 @@ def _scan(case_set: str, root: Path | None) -> list[OnnxCase]:
     if case_set == "light":
         return _scan_light()
     base = node_cases_dir(root) if case_set == "node" else onnx_data_dir() / case_set
-    return [describe(case_set, d.name, d / "model.onnx", d) for d in sorted(base.iterdir())
-            if (d / "model.onnx").is_file()]
+    return [_with_data_json(describe(case_set, d.name, d / "model.onnx", d), d / "data.json")
+            for d in sorted(base.iterdir()) if (d / "model.onnx").is_file()]
+
+
+def _with_data_json(case: OnnxCase, data_json: Path) -> OnnxCase:
+    """The case with ONNX's own tolerance from ``data.json`` where there is one (as ONNX's loader reads it)."""
+    if not data_json.is_file():
+        return case
+    info = json.loads(data_json.read_text())
+    return replace(case, rtol=info.get("rtol", DEFAULT_RTOL), atol=info.get("atol", DEFAULT_ATOL))
 
 
 def node_cases_dir(root: Path | None = None) -> Path:
@@ -215,6 +198,7 @@ def _write_node_cases(out: Path) -> None:
         d = out / case.name
         d.mkdir()
         (d / "model.onnx").write_bytes(case.model.SerializeToString())
+        (d / "data.json").write_text(json.dumps({"rtol": case.rtol, "atol": case.atol}))  # ONNX's per-case tolerance
         g = case.model.graph
         for i, (ins, outs) in enumerate(case.data_sets):
             ds = d / f"test_data_set_{i}"
@@ -239,17 +223,10 @@ def _to_proto(value: Any, info: Any) -> Any:
 
 
 def _scan_light() -> list[OnnxCase]:
+    """The light models, with ONNX's tolerance from ``real/test_<name>/data.json`` (the runner's "real" cases)."""
     data = onnx_data_dir()
-    tolerances = {}
-    for f in (data / "real").glob("*/data.json"):
-        info = json.loads(f.read_text())
-        tolerances[info["model_name"]] = (info.get("rtol", DEFAULT_RTOL), info.get("atol", DEFAULT_ATOL))
-    cases = []
-    for f in sorted((data / "light").glob("light_*.onnx")):
-        model_name = f.stem.removeprefix("light_")
-        rtol, atol = tolerances.get(model_name, (DEFAULT_RTOL, DEFAULT_ATOL))
-        cases.append(replace(describe("light", f"test_{model_name}", f, f.parent), rtol=rtol, atol=atol))
-    return cases
+    names = [(f, f"test_{f.stem.removeprefix('light_')}") for f in sorted((data / "light").glob("light_*.onnx"))]
+    return [_with_data_json(describe("light", n, f, f.parent), data / "real" / n / "data.json") for f, n in names]
 
 
 def describe(case_set: str, name: str, model_file: Path, data_dir: Path) -> OnnxCase:
@@ -322,20 +299,13 @@ def _spec_dtype(elem: int) -> str:
     return "str" if dtype.kind in "OSU" else dtype.name
 
 
-def _read_tensor(path: Path) -> np.ndarray:
-    import onnx
-    from onnx import numpy_helper
-
-    return numpy_helper.to_array(onnx.load_tensor(str(path)))
-
-
 def read_value(path: Path, kind: str = "tensor") -> Any:
     """One ``input_N.pb``/``output_N.pb``: an array, a list of arrays (``sequence``) or None/value (``optional``)."""
     import onnx
     from onnx import numpy_helper
 
     if kind == "tensor":
-        return _read_tensor(path)
+        return numpy_helper.to_array(onnx.load_tensor(str(path)))
     proto = onnx.SequenceProto() if kind == "sequence" else onnx.OptionalProto()
     proto.ParseFromString(path.read_bytes())
     return numpy_helper.to_list(proto) if kind == "sequence" else numpy_helper.to_optional(proto)
@@ -367,15 +337,13 @@ def light_golden(model_file: Path, inputs: Sequence[TensorSpec], outputs: Sequen
         shape = tuple(d if isinstance(d, int) else 1 for d in t.shape)
         n = int(np.prod(shape))
         feeds[t.name] = (np.arange(n).reshape(shape) / n).astype(np.float32)
-    expected = {name: _read_tensor(model_file.with_name(f"{model_file.stem}_output_{i}.pb"))
+    expected = {name: read_value(model_file.with_name(f"{model_file.stem}_output_{i}.pb"))
                 for i, name in enumerate(outputs)}
     return [(feeds, expected)]
 
 
 _RANDOM_MASK = ("training-mode Dropout with ratio > 0: the expected values come from numpy's random mask; an engine "
                 "draws its own, so the comparison can neither pass nor fail meaningfully")
-
-
 NOT_COMPARABLE: dict[str, str] = {f"node-test_training_dropout{s}": _RANDOM_MASK
                                   for s in ("", "_mask", "_default", "_default_mask")}
 """Case-id patterns whose expected outputs no engine can reproduce: status ``skipped`` with the reason."""
