@@ -13,6 +13,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import onnx
+import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.core.options import CaseRequest
@@ -77,13 +78,84 @@ def test_a_wrong_expected_value_is_a_mismatch(cases, tmp_path):
     assert "outside atol=1e-07 rtol=0.001" in record.reason
 
 
-def test_sequence_and_bfloat16_cases_are_unsupported_with_the_reason(cases):
-    seq = run_onnx_case(cases["node-test_sequence_insert_at_back"], "ort")
-    assert seq.status == "unsupported"
-    assert "sequence-typed" in seq.reason
+def test_infinite_expected_values_must_come_out_infinite(cases):
+    """ORT writes -3.4e38 where ONNX's Attention expects -inf (84 masked scores): that is no pass."""
+    record = run_onnx_case(cases["node-test_attention_4d_with_past_and_present_qk_matmul_bias_3d_mask_causal"], "ort")
+    assert record.status == "mismatch", record.reason
+    assert "84 of 84 infinite reference values not matched by the same infinity" in record.reason
+    assert "expected -inf, got -3.40282e+38" in record.reason
+
+
+@pytest.mark.parametrize("case_id", ["node-test_cast_FLOAT_to_DOUBLE", "node-test_mod_float_edge_cases_fmod_0_float32",
+                                     "pytorch-operator-test_operator_sqrt"])
+def test_nan_where_the_spec_demands_nan_passes(cases, case_id):
+    case = cases[case_id]
+    expected = case.data_sets()[0][1]
+    assert any(np.isnan(v).any() for v in expected.values()), "the case must expect NaN somewhere"
+    record = run_onnx_case(case, "ort")
+    assert record.status == "pass", record.reason
+
+
+@pytest.mark.parametrize("case_id", ["node-test_identity_sequence", "node-test_if_opt", "node-test_split_to_sequence_1",
+                                     "node-test_sequence_map_add_2_sequences", "node-test_sequence_insert_at_back"])
+def test_sequence_and_optional_values_run_on_ort(cases, case_id):
+    record = run_onnx_case(cases[case_id], "ort")
+    assert record.status == "pass", record.reason
+    assert record.outputs, "the values were compared"
+
+
+def test_a_wrong_sequence_element_is_a_mismatch(cases, tmp_path):
+    case = _copy_case(cases["node-test_identity_sequence"], tmp_path)
+    out = Path(case.data_dir) / "test_data_set_0" / "output_0.pb"
+    seq = onnx.SequenceProto()
+    seq.ParseFromString(out.read_bytes())
+    values = numpy_helper.to_list(seq)
+    values[1] = values[1] + 1
+    out.write_bytes(numpy_helper.from_list(values, seq.name).SerializeToString())
+    record = run_onnx_case(case, "ort")
+    assert record.status == "mismatch", record.reason
+    assert record.reason.startswith("y[1]: ")
+
+
+def test_sequences_on_openvino_end_as_the_engine_or_the_harness_says(cases):
+    pytest.importorskip("openvino", reason="ov: Python package 'openvino' not installed")
+    built = run_onnx_case(cases["node-test_identity_sequence"], "ov")  # OpenVINO converts it; its API takes tensors
+    assert (built.status, built.cause) == ("unsupported", "harness"), built.reason
+    assert "'x' is a sequence" in built.reason
+    assert "OpenVINO's Python API" in built.reason
+    rejected = run_onnx_case(cases["node-test_if_opt"], "ov")  # OpenVINO's converter refuses Optional itself
+    assert (rejected.status, rejected.cause) == ("unsupported", "engine"), rejected.reason
+    assert "No conversion rule found" in rejected.reason
+
+
+def test_bfloat16_values_are_the_harness_limit_with_the_reason(cases):
     bf16 = run_onnx_case(cases["node-test_cast_FLOAT_to_BFLOAT16"], "ort")
-    assert bf16.status == "unsupported"
+    assert (bf16.status, bf16.cause) == ("unsupported", "harness")
     assert "BFLOAT16" in bf16.reason
+    assert "Numpy_type N can't be converted to MLDataType" in bf16.reason
+
+
+@pytest.mark.parametrize("case_id", ["node-test_attention_4d_diff_heads_mask4d_padded_kv",
+                                     "node-test_reduce_max_empty_set_bool"])
+def test_an_engine_error_at_run_time_is_an_error_not_a_build_failure(cases, case_id):
+    record = run_onnx_case(cases[case_id], "ort")
+    assert (record.status, record.cause) == ("error", "engine"), record.reason
+    assert "engine raised while running input set 'golden-0'" in record.reason
+    assert record.backend_version == onnxruntime.__version__  # set before anything could raise
+    assert record.settings == {}  # no session settings: the record ended in the raised error
+
+
+def test_dft_tolerance_is_onnx_s_unless_measured_otherwise(cases, monkeypatch):
+    from harness.model import onnx_files
+
+    assert (cases["node-test_abs"].rtol, cases["node-test_abs"].atol) == (1e-3, 1e-7)  # ONNX's TestCase values
+    assert cases["light-test_densenet121"].rtol == 2e-3  # ONNX's data.json
+    dft = cases["node-test_dft_axis"]
+    assert dft.tolerance.atol == 3e-4
+    assert run_onnx_case(dft, "ort").status == "pass"
+    monkeypatch.setattr(onnx_files, "TOLERANCE_OVERRIDES", {})
+    strict = run_onnx_case(replace(dft, name="test_dft_axis_onnx_tolerance"), "ort")
+    assert strict.status == "mismatch", "ONNX's atol 1e-7 cannot hold for a float32 DFT: the override is needed"
 
 
 def _single_node_case(tmp_path: Path, name: str, node: onnx.NodeProto) -> OnnxCase:
@@ -108,6 +180,7 @@ def test_engine_rejections_are_classified_with_the_engine_message(tmp_path):
     dangling = run_onnx_case(_single_node_case(tmp_path, "test_dangling", add), "ort")
     assert dangling.status == "convert_failed", dangling.reason
     assert "nowhere" in dangling.reason
+    assert dangling.backend_version == onnxruntime.__version__
 
 
 def test_light_model_runs_through_the_zoo_path_against_its_golden_output():

@@ -119,19 +119,21 @@ class OrtBackend(Backend):
     def _session(self, path: Path, precision: Precision, recipe: dict[str, Any], model: ExportedModel) -> Session:
         """Build one session: build errors are ``convert_failed``; nothing runs here (run errors surface in ``run``).
 
-        The executed precision is read lazily. At fp32 it is read from the graph's own tensor types:
-        ORT's CPU and CUDA EPs run each kernel at the element types the graph declares (no EP option
-        that lowers precision is set: no TensorRT fp16 flag, no mixed-precision transform), so the
-        profiler could only repeat those types. At fp16/int8 the converted graph's Cast placement and
-        ORT's fusions decide which kernels compute at which type, so the session is created with
-        ORT's profiler on; the compare runs are profiled and the first read ends the profile.
+        The executed precision is read lazily, from the profile of the session's own runs (the first
+        read ends the profile), or without a profile where the graph says it all: an fp32 request on
+        a graph whose every float tensor is float32, with no subgraph, local function or non-ONNX op.
+        ORT can only compute such a graph in float32 (its CPU EP never lowers a float kernel: the one
+        transform that changes types, Cast insertion, raises fp16 to fp32 where no fp16 kernel exists;
+        no EP option that lowers precision is set here), so its profile could only repeat the compute
+        nodes' declared types. A graph with fp16/bf16/fp64 tensors is profiled: there ORT's casts,
+        not the declared types, decide what computes (measured: fp16 Attention graphs run fp32 MatMuls).
         """
         import onnxruntime as ort
 
         providers = self.providers()
-        profile = precision is not Precision.FP32
+        from_graph = _graph_precision(path) if precision is Precision.FP32 else None
         so = self._options()
-        if profile:
+        if from_graph is None:
             so.enable_profiling = True
             so.profile_file_prefix = str(path.parent / f".ort-profile-{os.getpid()}")
         try:
@@ -139,9 +141,9 @@ class OrtBackend(Backend):
         except Exception as exc:
             raise ConversionError(f"onnxruntime could not load {path.name}: {exc}") from exc
         settings = {"threads": self.threads, "inter_op_threads": 1, "providers": session.get_providers(),
-                    "graph_optimization": "ORT_ENABLE_ALL", "profiling": profile, **recipe}
-        if not profile:
-            return OrtSession(session, path, settings, lambda s: _graph_precision(path))
+                    "graph_optimization": "ORT_ENABLE_ALL", "profiling": from_graph is None, **recipe}
+        if from_graph is not None:
+            return OrtSession(session, path, settings, lambda s: from_graph)
         storage = "fp16" if precision is Precision.FP16 else None
         return OrtSession(session, path, settings, lambda s: _profiled_precision(s, model, storage))
 
@@ -198,18 +200,27 @@ def _end_profile(session: Any) -> list[dict[str, Any]]:
         profile.unlink(missing_ok=True)
 
 
-def _graph_precision(path: Path) -> str:
-    """The element type of the first input of every compute node, from the graph's inferred types."""
+FP32_ONLY = {1}  # TensorProto.FLOAT; integer/bool/string tensors do not decide a float precision
+FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20, 23}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16, FLOAT8*, FLOAT4
+
+
+def _graph_precision(path: Path) -> str | None:
+    """The compute nodes' first-input types when the graph is float32 only and flat (see ``_session``), else None."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # types of graph inputs/initializers still count
-        pass
     g = model.graph
+    if model.functions or any(n.domain not in ("", "ai.onnx") or any(a.g.node or a.graphs for a in n.attribute)
+                              for n in g.node):
+        return None
+    try:
+        g = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # no inferred types: the profile decides
+        return None
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
     types.update({t.name: t.data_type for t in g.initializer})
+    if any(t in FLOAT_TYPES and t not in FP32_ONLY for t in types.values()):
+        return None
     counts: Counter[str] = Counter()
     for node in g.node:
         if node.op_type in COMPUTE_OPS and node.input and node.input[0] in types:
