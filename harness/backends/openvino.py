@@ -122,8 +122,9 @@ def _non_tensor(spec: ModelSpec) -> dict[str, str]:
     if spec.golden is None:  # PyTorch-referenced models: generated arrays only
         return {}
     values = [item for pair in spec.golden()[:1] for named in pair for item in named.items()]
-    return {n: "a sequence" if isinstance(v, list | tuple) else "an empty optional"
-            for n, v in values if not isinstance(v, np.ndarray)}
+    return {n: ("a sequence" if isinstance(v, list | tuple) else "an empty optional" if v is None
+                else f"a {v.dtype.name} tensor (an ml_dtypes array)")
+            for n, v in values if not isinstance(v, np.ndarray) or v.dtype.isbuiltin != 1}
 
 
 def _output_ports(compiled: Any, names: Sequence[str]) -> dict[str, Any]:
@@ -198,8 +199,8 @@ class OpenVinoBackend(Backend):
         session = self._compile(ir, precision, model, log)
         if (why := non_tensor_values(model.spec)) is not None:  # the engine built it: only our feeding cannot
             session.close()
-            raise NotFeedable(f"ov: {why}; OpenVINO's Python API (infer on numpy arrays / ov.Tensor) carries "
-                              "tensors only, so the harness cannot feed or read it (the engine built the model)")
+            raise NotFeedable(f"ov: {why}; the harness feeds OpenVINO numpy arrays of numpy's own dtypes only, so it "
+                              "cannot feed or read these values (the engine built the model)")
         return session
 
     def _fp32_ir(self, model: ExportedModel, log: dict[str, Any]) -> Path:
