@@ -192,6 +192,21 @@ def test_an_engine_error_at_run_time_is_an_error_not_a_build_failure(cases, case
     assert record.settings == {}  # no session settings: the record ended in the raised error
 
 
+def test_a_missing_locale_is_the_environment_s(cases):
+    import locale
+
+    try:
+        locale.setlocale(locale.LC_CTYPE, "en_US.UTF-8")
+    except locale.Error:
+        pass
+    else:
+        locale.setlocale(locale.LC_CTYPE, "")
+        pytest.skip("this machine has the en_US.UTF-8 locale StringNormalizer names: ORT builds the model")
+    record = run_onnx_case(cases["node-test_strnormalizer_export_monday_casesensintive_lower"], "ort")
+    assert (record.status, record.cause) == ("convert_failed", "environment"), record.reason
+    assert "lacks the locale" in record.reason
+
+
 def test_dft_tolerance_is_onnx_s_unless_measured_otherwise(cases, monkeypatch):
     from harness.model import onnx_files
 

@@ -29,7 +29,7 @@ from harness.core.cache import cached, feeds_digest
 from harness.core.errors import ConversionError
 from harness.core.machine import module_version
 from harness.core.precision import summarize
-from harness.core.types import Feeds, Precision
+from harness.core.types import Cause, Feeds, Precision
 
 if TYPE_CHECKING:
     from harness.model.export import ExportedModel
@@ -215,6 +215,10 @@ class OrtBackend(Backend):
         try:
             session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:
+            if "Failed to construct locale" in str(exc):  # StringNormalizer's locale is the machine's to provide
+                raise ConversionError(f"onnxruntime could not load {path.name}: this machine lacks the locale the "
+                                      f"model names (install it, e.g. Debian's locales-all): {exc}",
+                                      cause=Cause.ENVIRONMENT) from exc
             raise ConversionError(f"onnxruntime could not load {path.name}: {exc}") from exc
         settings = {"threads": self.threads, "inter_op_threads": 1, "providers": session.get_providers(),
                     "graph_optimization": "ORT_ENABLE_ALL", "profiling": from_graph is None, **recipe}
