@@ -124,10 +124,13 @@ def _run_ort_values(session: Any, names: list[str], feeds: Feeds) -> list[Any]:
     return out
 
 
+SUB_BYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}
+"""ml_dtypes names of the element types ORT stores packed (ml_dtypes keeps one per byte)."""
+
+
 def _bits(dtype: np.dtype) -> int:
-    """Bits per element as ORT stores it: 4 for int4/uint4/float4_e2m1fn, 2 for int2/uint2, else the itemsize."""
-    return 4 if "4" in dtype.name and "float8" not in dtype.name else 2 if dtype.name.endswith("int2") else \
-        8 * dtype.itemsize
+    """Bits per element as ORT stores it."""
+    return SUB_BYTE_BITS.get(dtype.name, 8 * dtype.itemsize)
 
 
 def _pack(a: np.ndarray, bits: int) -> np.ndarray:
