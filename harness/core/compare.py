@@ -91,7 +91,8 @@ class CompareResult:
 
     @property
     def nonfinite(self) -> int:
-        """Non-finite values in the engine's outputs (a NaN reference does not excuse them)."""
+        """Non-finite values in the engine's outputs where the reference has none (an infinity the reference has
+        at the same place never counts; a NaN the reference has only against a spec, see ``compare_strict``)."""
         return sum(o.nonfinite for o in self.outputs)
 
     @property
