@@ -86,20 +86,25 @@ def onnx_runner_results(case_ids: list[str] | None = None, onnx_home: Path | Non
     import onnxruntime.backend
 
     onnxruntime.set_default_logger_severity(3)  # ORT's warnings per model, as the harness's sessions set it
+    before = os.environ.get("ONNX_HOME")
     if onnx_home is not None:
         os.environ["ONNX_HOME"] = str(onnx_home)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the node generators overflow/divide by zero on purpose
-        bt = onnx.backend.test.BackendTest(onnxruntime.backend, __name__)
-    if case_ids is not None:
-        names = sorted({i.split("-test_", 1)[1] for i in case_ids})
-        bt.include(r"^test_(" + "|".join(re.escape(n) for n in names) + r")_cpu$")
-    collect = _Collect()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for test in _flatten(bt.test_suite):
-            if _Collect._id(test) is not None and (case_ids is None or _Collect._id(test) in case_ids):
-                test.run(collect)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the node generators overflow/divide by zero on purpose
+            bt = onnx.backend.test.BackendTest(onnxruntime.backend, __name__)
+            if case_ids is not None:
+                names = sorted({i.split("-test_", 1)[1] for i in case_ids})
+                bt.include(r"^test_(" + "|".join(re.escape(n) for n in names) + r")_cpu$")
+            collect = _Collect()
+            for test in _flatten(bt.test_suite):
+                if _Collect._id(test) is not None and (case_ids is None or _Collect._id(test) in case_ids):
+                    test.run(collect)
+    finally:  # the environment is part of the supervisor's child key: leave it as found
+        if before is None:
+            os.environ.pop("ONNX_HOME", None)
+        else:
+            os.environ["ONNX_HOME"] = before
     return collect.results
 
 
