@@ -20,6 +20,7 @@ hang costs one case, or in this process with ``--in-process``.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from typing import Any
 
@@ -65,8 +66,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(("onnx_case", "onnx_backend"), params)
 
 
+@functools.cache
+def _unavailable(backend: str) -> str | None:
+    """Asked once per backend, not once per case (~2,000 cases per engine)."""
+    return backends.get(backend)().unavailable_reason()
+
+
 def test_onnx_conformance(onnx_case: OnnxCase, onnx_backend: str, harness_run: Any) -> None:
-    reason = backends.get(onnx_backend)().unavailable_reason()
+    reason = _unavailable(onnx_backend)
     if reason is not None:
         pytest.skip(reason)
     case = CaseRequest(f"onnx:{onnx_case.id}", onnx_backend, Precision.FP32, suite=SUITE,

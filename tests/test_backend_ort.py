@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import onnx
 import pytest
 import torch
@@ -25,10 +27,12 @@ def test_fp32_passes_on_every_input_set(model):
     assert r.status == "pass", r.reason
     assert r.executed_precision == "fp32"
     assert r.metrics["cosine"] > 0.9999
-    assert "random" in r.input_sets and "large" in r.input_sets
+    assert "random" in r.input_sets
+    assert "large" in r.input_sets
     assert any(s.startswith("random[") for s in r.input_sets)  # every declared dynamic size is compared
     assert r.settings["providers"][-1] == "CPUExecutionProvider"
-    assert r.export["checker"] == "ok" and r.export["opset"] == 17
+    assert r.export["checker"] == "ok"
+    assert r.export["opset"] == 17
 
 
 def test_fp16_reads_back_what_ran():
@@ -44,7 +48,8 @@ def test_fp16_reads_back_what_ran():
 def test_int8_is_static_qdq_and_reads_back_int8_kernels():
     r = run_case(CaseRequest("resnet_tiny", "ort", Precision.INT8))
     assert r.status == "pass", r.reason
-    assert "int8" in r.executed_precision and r.precision_match in ("exact", "partial")
+    assert "int8" in r.executed_precision
+    assert r.precision_match in ("exact", "partial")
     assert r.settings["recipe"].startswith("static QDQ")
     ops = {n.op_type for n in onnx.load(r.artifact).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -86,3 +91,26 @@ def test_full_range_u8s8_saturation_is_caught_on_cpus_without_vnni(monkeypatch):
     assert r.settings["reduce_range"] is False
     monkeypatch.setenv("HARNESS_ORT_REDUCE_RANGE", "1")
     assert run_case(CaseRequest("mobilenet_tiny", "ort", Precision.INT8)).status == "pass"
+
+
+def test_one_session_per_case_and_the_executed_precision_needs_no_second_session(monkeypatch):
+    """fp32: the graph's types say it all (no profile); fp16: the case's own runs are profiled, the file removed."""
+    import onnxruntime as ort
+
+    created: list[bool] = []
+
+    class Counting(ort.InferenceSession):
+        def __init__(self, path, sess_options=None, *args, **kwargs):
+            created.append(bool(sess_options and sess_options.enable_profiling))
+            super().__init__(path, sess_options, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", Counting)
+    r = run_case(CaseRequest("resnet_tiny", "ort", Precision.FP32))
+    assert (r.status, r.executed_precision, r.settings["profiling"]) == ("pass", "fp32", False), r.reason
+    assert created == [False]
+    created.clear()
+    half = run_case(CaseRequest("resnet_tiny", "ort", Precision.FP16))
+    assert created == [True], "one profiled session: the compare runs are the profile"
+    assert half.settings["profiling"] is True
+    assert "fp16" in half.executed_precision  # read from the profile of the case's own runs
+    assert not list(Path(half.artifact).parent.glob(".ort-profile-*")), "the profile file is removed after reading"

@@ -7,7 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from harness.core.compare import Tolerance, compare, compare_output, cosine_similarity, fp64_error_ratio, merge
+from harness.core.compare import (
+    Tolerance,
+    compare,
+    compare_output,
+    compare_strict,
+    cosine_similarity,
+    fp64_error_ratio,
+    merge,
+)
 
 TIGHT = Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999)
 
@@ -121,3 +129,56 @@ def test_merge_keeps_worst_metrics_and_any_failure():
 def test_cosine_of_zero_vectors():
     assert cosine_similarity(np.zeros(3), np.zeros(3)) == 1.0
     assert cosine_similarity(np.zeros(3), np.ones(3)) == 0.0
+
+
+def test_an_infinite_reference_is_matched_only_by_the_same_infinity():
+    """-inf expected (a causal mask), -3.4e38 out: no tolerance stretches to infinity (inf > inf is false)."""
+    ref = np.array([[1.0, -np.inf, -np.inf], [2.0, np.inf, 3.0]], np.float32)
+    out = ref.copy()
+    out[0, 1] = out[0, 2] = np.finfo(np.float32).min
+    loose = Tolerance(atol=1e-3, rtol=1e-3, min_cosine=-1.0)
+    for fn in (compare, lambda r, o, t: compare_strict(r, o, t)):
+        res = fn({"y": ref}, {"y": out}, loose)
+        assert not res
+        assert res.nonfinite == 0  # finite values where infinities belong: a mismatch, not a NaN/Inf failure
+        assert "2 of 3 infinite reference values not matched" in res.reason
+        assert "(0, 1): expected -inf, got -3.40282e+38" in res.reason
+        assert res.outputs[0].max_abs == math.inf
+        assert fn({"y": ref}, {"y": ref.copy()}, loose)  # the same infinities agree
+    flipped = ref.copy()
+    flipped[1, 1] = -np.inf
+    assert "1 of 3 infinite" in compare({"y": ref}, {"y": flipped}, loose).reason
+
+
+def test_nan_matches_nan_against_a_spec_but_never_against_pytorch():
+    ref = np.array([np.nan, 1.0, np.nan], np.float32)
+    same = ref.copy()
+    assert compare_strict({"y": ref}, {"y": same}, TIGHT)  # the spec says NaN there (fmod by 0, sqrt(-1))
+    torch_ref = compare({"y": ref}, {"y": same}, TIGHT)
+    assert not torch_ref
+    assert torch_ref.nonfinite == 2
+    assert "PyTorch reference itself has 2 NaN" in torch_ref.reason
+    number_for_nan = compare_strict({"y": ref}, {"y": np.array([0.0, 1.0, np.nan], np.float32)}, TIGHT)
+    assert not number_for_nan
+    assert number_for_nan.nonfinite == 0
+    expected = "1 of 2 expected NaN values came out as numbers (first at (0,): expected nan, got 0)"
+    assert expected in number_for_nan.reason
+    nan_for_number = compare_strict({"y": ref}, {"y": np.array([np.nan, np.nan, np.nan], np.float32)}, TIGHT)
+    assert not nan_for_number
+    assert nan_for_number.nonfinite == 1
+
+
+def test_sequences_and_optionals_compare_element_by_element():
+    a, b = np.array([1.0, 2.0], np.float32), np.array([[3]], np.int64)
+    res = compare_strict({"s": [a, b], "o": None, "v": a}, {"s": [a.copy(), b.copy()], "o": None, "v": a.copy()}, TIGHT)
+    assert res, res.reason
+    assert [o.name for o in res.outputs] == ["s[0]", "s[1]", "o", "v"]
+    wrong = compare_strict({"s": [a, b]}, {"s": [a + 1, b]}, TIGHT)
+    assert not wrong
+    assert wrong.reason.startswith("s[0]: ")
+    short = compare_strict({"s": [a, b]}, {"s": [a]}, TIGHT)
+    assert "got a sequence of 1 tensors, expected a sequence of 2" in short.reason
+    assert "got an empty optional, expected a float32 tensor" in compare_strict({"o": a}, {"o": None}, TIGHT).reason
+    assert "expected an empty optional" in compare_strict({"o": None}, {"o": a}, TIGHT).reason
+    assert compare_strict({"s": []}, {"s": []}, TIGHT)
+    assert "dtype float64 != expected float32" in compare_strict({"v": a}, {"v": a.astype(np.float64)}, TIGHT).reason

@@ -4,12 +4,16 @@ fp32 runs the export; fp16 converts the simplified graph with onnxconverter-comm
 (FP32 I/O kept); int8 is static post-training QDQ quantization (u8 activations,
 s8 per-channel weights, MinMax calibration over the shared calibration sets,
 ``quant_pre_process`` first), dynamic quantization only where static fails.
-The executed precision is read from ORT's own profiler: the input type of every
-compute kernel that really ran after graph optimization.
+The executed precision is read lazily: at fp16/int8 from ORT's own profiler (the
+input type of every compute kernel that really ran after graph optimization, from
+the session's own runs), at fp32 from the graph's types (see ``OrtBackend._session``).
+One InferenceSession per case; building it runs nothing, so a run-time error is
+the run's ``error``, never a build failure.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import Counter
@@ -25,7 +29,7 @@ from harness.core.cache import cached, feeds_digest
 from harness.core.errors import ConversionError, first_line
 from harness.core.machine import module_version
 from harness.core.precision import summarize
-from harness.core.types import Feeds, Precision
+from harness.core.types import Cause, Feeds, Precision
 
 if TYPE_CHECKING:
     from harness.model.export import ExportedModel
@@ -38,15 +42,109 @@ INTEGER_OPS = {"MatMulIntegerToFloat", "DynamicQuantizeLSTM", "DynamicQuantizeMa
 
 
 class OrtSession(Session):
-    def __init__(self, session: Any, artifact: Path, settings: dict[str, Any], executed: str) -> None:
+    """One InferenceSession; ``executed_precision`` is read on first access (see ``OrtBackend._session``)."""
+
+    def __init__(self, session: Any, artifact: Path, settings: dict[str, Any], read_precision: Any) -> None:
         self.session = session
         self.artifact = artifact
         self.settings = settings
-        self.executed_precision = executed
         self.output_names = [o.name for o in session.get_outputs()]
+        self._extended_outputs = any(_extended(o.type) for o in session.get_outputs())
+        self._read_precision = read_precision
+        self._executed: str | None = None
+        self.runs = 0
 
-    def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(self.output_names, dict(feeds)), strict=True))
+    @property  # type: ignore[override]
+    def executed_precision(self) -> str:
+        if self._executed is None:
+            self._executed = self._read_precision(self)
+        return self._executed
+
+    def run(self, feeds: Feeds) -> dict[str, Any]:
+        """Run on host values: arrays, and for sequence/optional graph values lists of arrays / None.
+
+        bfloat16/float8/int4/int2/float4 tensors (ml_dtypes arrays) go through OrtValues: ORT's numpy
+        path rejects them ("Numpy_type N can't be converted to MLDataType" in, "No corresponding Numpy type" out).
+        """
+        extended_in = any(isinstance(v, np.ndarray) and v.dtype.isbuiltin != 1 for v in feeds.values())
+        if self._extended_outputs or extended_in:
+            outputs = _run_ort_values(self.session, self.output_names, feeds)
+        else:
+            outputs = self.session.run(self.output_names, dict(feeds))
+        self.runs += 1
+        return dict(zip(self.output_names, outputs, strict=True))
+
+    def close(self) -> None:
+        if self._executed is None and self.settings.get("profiling"):
+            _end_profile(self.session)  # never read: do not leave the profile file behind
+
+
+def _extended(type_str: str) -> bool:
+    """``tensor(bfloat16)``, ``tensor(float8e4m3fn)``...: an element type numpy has no builtin dtype for."""
+    return any(t in type_str for t in ("bfloat16", "float8", "int4", "float4", "int2"))
+
+
+def _run_ort_values(session: Any, names: list[str], feeds: Feeds) -> list[Any]:
+    """``session.run`` through OrtValues (tensors only on this path): an ml_dtypes array goes in as its bits with
+    its ONNX element type (4- and 2-bit types packed as ORT stores them, low bits first, like ONNX's raw data),
+    and such outputs come back as ml_dtypes arrays read from the OrtValue's buffer."""
+    import ctypes
+
+    import onnxruntime as ort
+    from onnx import helper
+
+    values = {}
+    for name, v in feeds.items():
+        if not isinstance(v, np.ndarray):
+            raise TypeError(f"input {name!r}: sequences/optionals beside bfloat16/float8/int4 tensors are not fed")
+        a = np.asarray(v, order="C")
+        if a.dtype.isbuiltin == 1:
+            values[name] = ort.OrtValue.ortvalue_from_numpy(a)
+            continue
+        elem, bits = helper.np_dtype_to_tensor_dtype(a.dtype), _bits(a.dtype)
+        if bits == 8 * a.dtype.itemsize:
+            values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(a.view(f"u{a.dtype.itemsize}"), elem)
+            continue
+        packed = _pack(a, bits)
+        value = ort.OrtValue.ortvalue_from_shape_and_type(list(a.shape), elem)
+        if value.tensor_size_in_bytes() != packed.nbytes:
+            raise ValueError(f"input {name!r}: ORT holds {value.tensor_size_in_bytes()} bytes, packed {packed.nbytes}")
+        ctypes.memmove(value.data_ptr(), packed.ctypes.data, packed.nbytes)
+        values[name] = value
+    out = []
+    for value in session.run_with_ort_values(names, values):
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(value.element_type()))
+        if dtype.isbuiltin == 1:
+            out.append(value.numpy())
+            continue
+        raw = np.frombuffer(bytes((ctypes.c_uint8 * value.tensor_size_in_bytes()).from_address(value.data_ptr())),
+                            np.uint8)
+        bits, shape = _bits(dtype), tuple(value.shape())
+        out.append(raw.view(dtype).reshape(shape) if bits == 8 * dtype.itemsize else _unpack(raw, bits, shape, dtype))
+    return out
+
+
+SUB_BYTE_BITS = {"int4": 4, "uint4": 4, "float4_e2m1fn": 4, "int2": 2, "uint2": 2}
+"""ml_dtypes names of the element types ORT stores packed (ml_dtypes keeps one per byte)."""
+
+
+def _bits(dtype: np.dtype) -> int:
+    """Bits per element as ORT stores it."""
+    return SUB_BYTE_BITS.get(dtype.name, 8 * dtype.itemsize)
+
+
+def _pack(a: np.ndarray, bits: int) -> np.ndarray:
+    """Sub-byte elements packed low bits first, padded with zeros to whole bytes."""
+    per = 8 // bits
+    flat = a.ravel().view(np.uint8) & np.uint8((1 << bits) - 1)
+    flat = np.concatenate([flat, np.zeros(-flat.size % per, np.uint8)]).reshape(-1, per)
+    return np.bitwise_or.reduce(flat << (np.arange(per, dtype=np.uint8) * bits), axis=1).astype(np.uint8)
+
+
+def _unpack(raw: np.ndarray, bits: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    per = 8 // bits
+    values = (raw[:, None] >> (np.arange(per, dtype=np.uint8) * bits)) & np.uint8((1 << bits) - 1)
+    return values.ravel()[:int(np.prod(shape))].astype(np.uint8).reshape(shape).view(dtype)
 
 
 class OrtBackend(Backend):
@@ -59,8 +157,7 @@ class OrtBackend(Backend):
         return missing_package_reason("ort", "onnxruntime", "onnx")
 
     def version(self) -> str:
-        v = module_version("onnxruntime")
-        return v if v != "not installed" else module_version("onnxruntime-gpu")
+        return _version()
 
     def providers(self) -> list[str]:
         """Execution providers to use, best first (GPU EPs only on device cuda/trt or auto)."""
@@ -98,44 +195,39 @@ class OrtBackend(Backend):
         return so
 
     def _session(self, path: Path, precision: Precision, recipe: dict[str, Any], model: ExportedModel) -> Session:
+        """Build one session: build errors are ``convert_failed``; nothing runs here (run errors surface in ``run``).
+
+        The executed precision is read lazily, from the profile of the session's own runs (the first
+        read ends the profile), or without a profile where the graph says it all: an fp32 request on
+        a graph whose every float tensor is float32, with no subgraph, local function or non-ONNX op.
+        ORT can only compute such a graph in float32 (its CPU EP never lowers a float kernel: the one
+        transform that changes types, Cast insertion, raises fp16 to fp32 where no fp16 kernel exists;
+        no EP option that lowers precision is set here), so its profile could only repeat the compute
+        nodes' declared types. A graph with fp16/bf16/fp64 tensors is profiled: there ORT's casts,
+        not the declared types, decide what computes (measured: fp16 Attention graphs run fp32 MatMuls).
+        """
         import onnxruntime as ort
 
         providers = self.providers()
-        try:
-            session = ort.InferenceSession(str(path), self._options(), providers=providers)
-        except Exception as exc:
-            raise ConversionError(f"onnxruntime could not load {path.name}: {exc}") from exc
-        executed = self._executed_precision(path, providers, model,
-                                            storage="fp16" if precision is Precision.FP16 else None)
-        settings = {"threads": self.threads, "inter_op_threads": 1, "providers": session.get_providers(),
-                    "graph_optimization": "ORT_ENABLE_ALL", **recipe}
-        return OrtSession(session, path, settings, executed)
-
-    def _executed_precision(self, path: Path, providers: list[str], model: ExportedModel, storage: str | None) -> str:
-        """Run once under ORT's profiler and count the input types of the compute kernels that ran."""
-        import onnxruntime as ort
-
+        from_graph = _graph_precision(path) if precision is Precision.FP32 else None
         so = self._options()
-        so.enable_profiling = True
-        so.profile_file_prefix = str(path.parent / f".ort-profile-{os.getpid()}")
-        session = ort.InferenceSession(str(path), so, providers=providers)
-        session.run(None, model.example_feeds())
-        profile = Path(session.end_profiling())
+        if from_graph is None:
+            so.enable_profiling = True
+            so.profile_file_prefix = str(path.parent / f".ort-profile-{os.getpid()}")
         try:
-            events = json.loads(profile.read_text())
-        finally:
-            profile.unlink(missing_ok=True)
-        counts: Counter[str] = Counter()
-        for ev in events:
-            args = ev.get("args", {})
-            op = args.get("op_name")
-            if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or op not in COMPUTE_OPS:
-                continue
-            types = [next(iter(t)) for t in args.get("input_type_shape", []) if t]
-            counts["int8" if op in INTEGER_OPS else (types[0] if types else "unknown")] += 1
-        if storage is not None and counts and set(counts) <= {"float"}:
-            return summarize(counts, storage=storage)
-        return summarize(counts)
+            session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as exc:
+            if "Failed to construct locale" in str(exc):  # StringNormalizer's locale is the machine's to provide
+                raise ConversionError(f"onnxruntime could not load {path.name}: this machine lacks the locale the "
+                                      f"model names (install it, e.g. Debian's locales-all): {exc}",
+                                      cause=Cause.ENVIRONMENT) from exc
+            raise ConversionError(f"onnxruntime could not load {path.name}: {exc}") from exc
+        settings = {"threads": self.threads, "inter_op_threads": 1, "providers": session.get_providers(),
+                    "graph_optimization": "ORT_ENABLE_ALL", "profiling": from_graph is None, **recipe}
+        if from_graph is not None:
+            return OrtSession(session, path, settings, lambda s: from_graph)
+        storage = "fp16" if precision is Precision.FP16 else None
+        return OrtSession(session, path, settings, lambda s: _profiled_precision(s, model, storage))
 
     def _int8(self, model: ExportedModel, calibration: Sequence[Feeds]) -> tuple[Path, dict[str, Any]]:
         """ORT's recipe for the model's family (see ``_ort_quant``), cached by calibration and settings."""
@@ -168,6 +260,75 @@ class OrtBackend(Backend):
         if steps:
             recipe["preparation"] = steps
         return path, recipe
+
+
+@functools.cache
+def _version() -> str:
+    """The installed ORT's version, read once per process (package metadata costs ~1.5 ms a read, once per case)."""
+    v = module_version("onnxruntime")
+    return v if v != "not installed" else module_version("onnxruntime-gpu")
+
+
+def _profiled_precision(s: OrtSession, model: ExportedModel, storage: str | None) -> str:
+    """End the session's profile (after one run of the export example if nothing ran yet) and count the
+    input types of the compute kernels that ran."""
+    if s.runs == 0:
+        try:
+            s.run(model.example_feeds())
+        except Exception:  # the run error itself surfaces from the case's own runs
+            _end_profile(s.session)
+            return "unknown"
+    events = _end_profile(s.session)
+    kernels: dict[str, str] = {}  # one entry per node, however many runs were profiled
+    for ev in events:
+        args = ev.get("args", {})
+        op = args.get("op_name")
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or op not in COMPUTE_OPS:
+            continue
+        types = [next(iter(t)) for t in args.get("input_type_shape", []) if t]
+        kind = "int8" if op in INTEGER_OPS else (types[0] if types else "unknown")
+        kernels[f'{ev["name"]}#{args.get("node_index")}'] = kind
+    counts = Counter(kernels.values())
+    if storage is not None and counts and set(counts) <= {"float"}:
+        return summarize(counts, storage=storage)
+    return summarize(counts)
+
+
+def _end_profile(session: Any) -> list[dict[str, Any]]:
+    profile = Path(session.end_profiling())
+    try:
+        return json.loads(profile.read_text()) if profile.is_file() else []
+    finally:
+        profile.unlink(missing_ok=True)
+
+
+FP32_ONLY = {1}  # TensorProto.FLOAT; integer/bool/string tensors do not decide a float precision
+FLOAT_TYPES = {1, 10, 11, 16, 17, 18, 19, 20, 23}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16, FLOAT8*, FLOAT4
+
+
+def _graph_precision(path: Path) -> str | None:
+    """The compute nodes' first-input types when the graph is float32 only and flat (see ``_session``), else None."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    g = model.graph
+    if model.functions or any(n.domain not in ("", "ai.onnx") or any(a.g.node or a.graphs for a in n.attribute)
+                              for n in g.node):
+        return None
+    try:
+        g = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # no inferred types: the profile decides
+        return None
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.value_info, *g.output]}
+    types.update({t.name: t.data_type for t in g.initializer})
+    if any(t in FLOAT_TYPES and t not in FP32_ONLY for t in types.values()):
+        return None
+    counts: Counter[str] = Counter()
+    for node in g.node:
+        if node.op_type in COMPUTE_OPS and node.input and node.input[0] in types:
+            elem = onnx.TensorProto.DataType.Name(types[node.input[0]]).lower()
+            counts["int8" if node.op_type in INTEGER_OPS else elem] += 1
+    return summarize(counts)
 
 
 def _to_fp16(model: ExportedModel, out: Path) -> None:

@@ -91,7 +91,8 @@ class CompareResult:
 
     @property
     def nonfinite(self) -> int:
-        """Non-finite values in the engine's outputs (a NaN reference does not excuse them)."""
+        """Non-finite values in the engine's outputs where the reference has none (an infinity the reference has
+        at the same place never counts; a NaN the reference has only against a spec, see ``compare_strict``)."""
         return sum(o.nonfinite for o in self.outputs)
 
     @property
@@ -128,8 +129,15 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(x, y) / (nx * ny))
 
 
-def compare_output(name: str, ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> OutputComparison:
-    """Compare one output array with its reference."""
+def compare_output(name: str, ref: np.ndarray, out: np.ndarray, tol: Tolerance, *,
+                   nan_equal: bool = False) -> OutputComparison:
+    """Compare one output array with its reference.
+
+    An infinite reference value is matched only by the same infinity at the same position (no
+    tolerance can stretch to it: ``diff > atol + rtol*inf`` is never true). A NaN never agrees
+    unless ``nan_equal`` (the reference is a spec, see ``compare_strict``): then a NaN matches a NaN
+    at the same position and a number where NaN is expected is a mismatch.
+    """
     ref, out = np.asarray(ref), np.asarray(out)
     if ref.shape != out.shape:
         reason = f"shape {out.shape} != reference {ref.shape}"
@@ -140,27 +148,41 @@ def compare_output(name: str, ref: np.ndarray, out: np.ndarray, tol: Tolerance) 
         return _compare_exact(name, ref, out)
     r = ref.astype(np.float64)
     o = out.astype(np.float64)
-    finite_ref = np.isfinite(r)
-    same_inf = np.isinf(r) & (o == r)  # an infinity the reference has too (e.g. a -inf mask) agrees
-    bad = ~np.isfinite(o) & ~same_inf  # NaN never agrees, not even with a NaN reference
+    ref_inf, ref_nan = np.isinf(r), np.isnan(r)
+    inf_miss = ref_inf & (o != r)  # a finite value, a NaN or the other infinity where the reference is +-inf
+    nan_ok = ref_nan & np.isnan(o) if nan_equal else np.zeros_like(ref_nan)
+    nan_miss = ref_nan & ~np.isnan(o) if nan_equal else np.zeros_like(ref_nan)
+    bad = ~np.isfinite(o) & ~ref_inf & ~nan_ok  # non-finite where the reference is finite (or NaN, by default)
     nonfinite = int(bad.sum())
-    ref_nan = int(np.isnan(r).sum())
-    diff = np.abs(o - r)
-    diff[bad] = math.inf
-    both = finite_ref & np.isfinite(o)
-    max_abs = float(diff[both].max()) if both.any() else 0.0
+    both = np.isfinite(r) & np.isfinite(o)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf where both are infinite: masked out below
+        diff = np.where(both, np.abs(o - r), 0.0)
+    max_abs = float(diff.max(initial=0.0))
+    if inf_miss.any():  # the error at a missed infinity is infinite, whatever finite value came out
+        max_abs = math.inf
     # relative error only where |ref| is not tiny, so zeros in the reference do not explode it
-    floor = max(tol.atol if math.isfinite(tol.atol) else 0.0, 1e-6 * float(np.abs(r[finite_ref]).max(initial=0.0)), 1e-12)
+    finite_ref = np.isfinite(r)
+    floor = max(tol.atol if math.isfinite(tol.atol) else 0.0, 1e-6 * float(np.abs(r[finite_ref]).max(initial=0.0)),
+                1e-12)
     rel_mask = both & (np.abs(r) > floor)
     max_rel = float((diff[rel_mask] / np.abs(r[rel_mask])).max()) if rel_mask.any() else 0.0
-    outside = diff > tol.atol + tol.rtol * np.abs(r) if math.isfinite(tol.atol + tol.rtol) else bad
+    outside = bad | inf_miss | nan_miss
+    if math.isfinite(tol.atol + tol.rtol):
+        outside |= both & (diff > tol.atol + tol.rtol * np.abs(np.where(both, r, 0.0)))
     mismatch_fraction = float(outside.sum() / max(outside.size, 1))
     cos = cosine_similarity(np.where(both, o, 0.0), np.where(both, r, 0.0))
     reasons = []
     if nonfinite:
-        reasons.append(f"{nonfinite} non-finite values")
-    if ref_nan:
-        reasons.append(f"the PyTorch reference itself has {ref_nan} NaN values (the model computes NaN on this input)")
+        reasons.append(f"{nonfinite} non-finite values{_where(bad, r, o, ref.shape)}")
+    if inf_miss.any():
+        reasons.append(f"{int(inf_miss.sum())} of {int(ref_inf.sum())} infinite reference values not matched by the "
+                       f"same infinity{_where(inf_miss, r, o, ref.shape)}")
+    if nan_miss.any():
+        reasons.append(f"{int(nan_miss.sum())} of {int(ref_nan.sum())} expected NaN values came out as numbers"
+                       f"{_where(nan_miss, r, o, ref.shape)}")
+    if ref_nan.any() and not nan_equal:
+        reasons.append(f"the PyTorch reference itself has {int(ref_nan.sum())} NaN values (the model computes NaN on "
+                       "this input; against a PyTorch reference a NaN never counts as a match)")
     if mismatch_fraction > tol.max_mismatch_fraction:
         reasons.append(
             f"{mismatch_fraction:.2%} of elements outside atol={tol.atol:g} rtol={tol.rtol:g} (max abs {max_abs:.3g})"
@@ -168,6 +190,17 @@ def compare_output(name: str, ref: np.ndarray, out: np.ndarray, tol: Tolerance) 
     if cos < tol.min_cosine:
         reasons.append(f"cosine {cos:.6f} < {tol.min_cosine}")
     return OutputComparison(name, not reasons, ", ".join(reasons), max_abs, max_rel, cos, mismatch_fraction, nonfinite)
+
+
+def _where(mask: np.ndarray, ref: np.ndarray, out: np.ndarray, shape: tuple[int, ...], limit: int = 3) -> str:
+    """`` (first at (0, 2): expected -inf, got -3.4e+38; ...)`` for the first ``limit`` positions of ``mask``."""
+    flat = np.flatnonzero(mask)[:limit]
+    if not len(flat):
+        return ""
+    shape = shape or (1,)
+    parts = [f"{tuple(int(i) for i in np.unravel_index(k, shape))}: expected {ref.flat[k]:.6g}, got {out.flat[k]:.6g}"
+             for k in flat]
+    return " (first at " + "; ".join(parts) + ")"
 
 
 def _compare_exact(name: str, ref: np.ndarray, out: np.ndarray) -> OutputComparison:
@@ -189,7 +222,7 @@ def compare(
     fp64_ref: Feeds | None = None,
     fp32_ref: Feeds | None = None,
 ) -> CompareResult:
-    """Compare every reference output with the engine's.
+    """Compare every reference output with the engine's (a PyTorch reference: a NaN never matches).
 
     With ``fp64_ref`` (the model run in float64) and ``fp32_ref`` (PyTorch FP32,
     defaulting to ``ref``), each float output also gets ``error_vs_fp64_ratio``:
@@ -242,25 +275,51 @@ def _worse(a: OutputComparison, b: OutputComparison) -> OutputComparison:
     )
 
 
-def compare_strict(expected: Feeds, out: Feeds, tol: ToleranceSpec, *, fp64_ref: Feeds | None = None) -> CompareResult:
-    """``compare`` against an expected output that is the spec (ONNX test data): dtypes must match exactly,
-    strings compare exactly. ``fp64_ref`` is accepted for a uniform signature and unused (no FP64 spec)."""
-    numeric: dict[str, np.ndarray] = {}
-    strict: list[OutputComparison] = []
-    scalars: dict[str, np.ndarray] = {}
+def compare_strict(expected: Mapping[str, Any], out: Mapping[str, Any], tol: ToleranceSpec, *,
+                   fp64_ref: Feeds | None = None) -> CompareResult:
+    """``compare`` against an expected output that is the spec (ONNX test data).
+
+    Dtypes must match exactly, strings compare exactly, and a NaN matches a NaN at the same
+    position (the spec says NaN there: ``Mod``'s fmod of 0, ``Sqrt`` of a negative). Values may be
+    non-tensors, as ONNX Runtime's Python API returns them: a sequence is a list of arrays
+    (compared element by element as ``name[i]``), an optional is ``None`` (empty) or its value.
+    ``fp64_ref`` is accepted for a uniform signature and unused (no FP64 spec).
+    """
+    results: list[OutputComparison] = []
     for name, ref in expected.items():
-        if name not in out:
-            continue
-        got = np.asarray(out[name])
-        if ref.dtype.kind in "OSU" or got.dtype.kind in "OSU":
-            same = ref.shape == got.shape and bool(np.array_equal(ref.astype(str), got.astype(str)))
-            strict.append(OutputComparison(name, same, "" if same else f"strings differ (got shape {got.shape}, "
-                                                                       f"expected {ref.shape})", exact=True))
-        elif got.dtype != ref.dtype:
-            strict.append(OutputComparison(name, False, f"dtype {got.dtype} != expected {ref.dtype}", exact=True))
-        elif ref.ndim == 0 and got.ndim == 0:  # compare_output indexes its diff array: give scalars an axis
-            numeric[name], scalars[name] = ref.reshape(1), got.reshape(1)
-        else:
-            numeric[name] = ref
-    res = compare(numeric, {**out, **scalars}, tol)
-    return CompareResult(res.outputs + tuple(strict), tuple(n for n in expected if n not in out))
+        if name in out:
+            results += _strict_value(name, ref, out[name], tolerance_for(tol, name))
+    return CompareResult(tuple(results), tuple(n for n in expected if n not in out))
+
+
+def _strict_value(name: str, ref: Any, got: Any, tol: Tolerance) -> list[OutputComparison]:
+    if ref is None or got is None:  # an optional: empty must meet empty
+        if ref is None and got is None:
+            return [OutputComparison(name, True, exact=True)]
+        return [OutputComparison(name, False, f"got {_kind(got)}, expected {_kind(ref)}", exact=True)]
+    if isinstance(ref, list | tuple) or isinstance(got, list | tuple):
+        if not (isinstance(ref, list | tuple) and isinstance(got, list | tuple)) or len(ref) != len(got):
+            return [OutputComparison(name, False, f"got {_kind(got)}, expected {_kind(ref)}", exact=True)]
+        if not ref:
+            return [OutputComparison(name, True, exact=True)]
+        pairs = enumerate(zip(ref, got, strict=True))
+        return [c for i, (r, g) in pairs for c in _strict_value(f"{name}[{i}]", r, g, tol)]
+    ref, got = np.asarray(ref), np.asarray(got)
+    if ref.dtype.kind in "OSU" or got.dtype.kind in "OSU":
+        same = ref.shape == got.shape and bool(np.array_equal(ref.astype(str), got.astype(str)))
+        return [OutputComparison(name, same, "" if same else f"strings differ (got shape {got.shape}, expected "
+                                                             f"{ref.shape})", exact=True)]
+    if got.dtype != ref.dtype:
+        return [OutputComparison(name, False, f"dtype {got.dtype} != expected {ref.dtype}", exact=True)]
+    if ref.dtype.name == "bfloat16":  # ONNX's runner allows two bfloat16 ULPs (assert_similar_outputs)
+        tol = replace(tol, rtol=max(tol.rtol, 2**-6))
+    return [compare_output(name, ref, got, tol, nan_equal=True)]
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "an empty optional"
+    if isinstance(value, list | tuple):
+        return f"a sequence of {len(value)} tensors"
+    arr = np.asarray(value)
+    return f"a {arr.dtype} tensor of shape {arr.shape}"
