@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from harness.backends import _ov_nncf as ovq
 from harness.backends._ov_audit import audit, has_attention
 from harness.backends.base import Backend, Session
 from harness.core.cache import cached, feeds_digest
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 SOURCES = ("onnx", "torch")
 SOURCE_ENV = "HARNESS_OV_SOURCE"
 DEVICES = ("CPU", "GPU", "NPU")
-NNCF_HINT = "pip install nncf (or pip install -e '.[openvino]')"
 _HINTS = {Precision.FP32: "f32", Precision.FP16: "f16", Precision.INT8: "f32"}
 
 
@@ -179,7 +179,7 @@ class OpenVinoBackend(Backend):
         return module_version("openvino")
 
     def unsupported_reason(self, model: ExportedModel, precision: Precision) -> str | None:
-        if precision is Precision.INT8 and (why := _nncf_missing()) is not None:
+        if precision is Precision.INT8 and (why := ovq.nncf_missing()) is not None:
             return why
         return super().unsupported_reason(model, precision)
 
@@ -197,10 +197,16 @@ class OpenVinoBackend(Backend):
         else:
             ir = self._int8_ir(model, fp32_ir, calibration, log)
         session = self._compile(ir, precision, model, log)
-        if (why := non_tensor_values(model.spec)) is not None:  # the engine built it: only our feeding cannot
+        kinds = _non_tensor(model.spec)
+        if any(k in ("a sequence", "an empty optional") for k in kinds.values()):
+            session.close()  # OpenVINO's runtime API has tensors only: no sequence or optional values at all
+            raise UnsupportedPrecision(f"ov: {non_tensor_values(model.spec)}; OpenVINO's runtime (InferRequest) "
+                                       "carries tensors only, so the converted model cannot take or give these values")
+        if kinds:  # the engine built it and has the type: only our feeding cannot
             session.close()
-            raise NotFeedable(f"ov: {why}; the harness feeds OpenVINO numpy arrays of numpy's own dtypes only, so it "
-                              "cannot feed or read these values (the engine built the model)")
+            raise NotFeedable(f"ov: {non_tensor_values(model.spec)}; the harness feeds OpenVINO numpy arrays of "
+                              "numpy's own dtypes only, so it cannot feed or read these values (the engine built "
+                              "the model)")
         return session
 
     def _fp32_ir(self, model: ExportedModel, log: dict[str, Any]) -> Path:
@@ -210,7 +216,7 @@ class OpenVinoBackend(Backend):
 
     def _int8_ir(self, model: ExportedModel, fp32_ir: Path, calibration: Sequence[Feeds] | None,
                  log: dict[str, Any]) -> Path:
-        if (why := _nncf_missing()) is not None:
+        if (why := ovq.nncf_missing()) is not None:
             raise UnsupportedPrecision(why)
         if not calibration:
             raise ConversionError("ov int8: NNCF post-training quantization needs calibration feeds and none were "
@@ -219,8 +225,8 @@ class OpenVinoBackend(Backend):
 
         ov_model = _read(fp32_ir)
         transformer = "transformer" in model.spec.tags or has_attention(ov_model)
-        shape_nodes = _shape_nodes(model, ov_model) if self.source == "onnx" else []
-        kwargs, recipe = _nncf_recipe(transformer, model.spec.int8_hints.get("ov_ignored_patterns", ()), shape_nodes)
+        shape_nodes = ovq.shape_nodes(model, ov_model) if self.source == "onnx" else []
+        kwargs, recipe = ovq.nncf_recipe(transformer, model.spec.int8_hints.get("ov_ignored_patterns", ()), shape_nodes)
         log["recipe"] = (f"nncf.quantize post-training on the fp32 IR ({self.source}), {recipe}, "
                          f"subset_size={len(calibration)}, fast_bias_correction=True")
         log.update(nncf_version=module_version("nncf"), calibration_samples=len(calibration),
@@ -379,49 +385,3 @@ def _fix_io(ov_model: Any, model: ExportedModel) -> Any:
     return ov_model
 
 
-TRANSFORMER_SMOOTH_QUANT_ALPHA = 0.5
-"""SmoothQuant alpha for transformer MatMuls. NNCF's default (0.95) fit MiniLM's calibration sentences
-(cosine 0.994) but not held-out ones (0.976); 0.5 held 0.995 on both (measured here, nncf 3.4)."""
-
-
-def _shape_nodes(model: ExportedModel, ov_model: Any) -> list[str]:
-    """OV ops named like the ONNX nodes that compute shapes/scales (a FakeQuantize there changes sizes)."""
-    from harness.backends._onnx_prep import shape_computing_nodes
-
-    names = set(shape_computing_nodes(model.onnx_path, consumers=True))
-    return sorted(op.get_friendly_name() for op in ov_model.get_ops() if op.get_friendly_name() in names)
-
-
-def _nncf_recipe(transformer: bool, ignored_patterns: Sequence[str] = (), ignored_names: Sequence[str] = (),
-                 ) -> tuple[dict[str, Any], str]:
-    """nncf.quantize keyword arguments for the model family, and their description for the record."""
-    import nncf
-
-    kwargs: dict[str, Any] = {}
-    recipe = "default preset, model_type=default"
-    if transformer:
-        from nncf.quantization.advanced_parameters import (
-            AdvancedQuantizationParameters,
-            AdvancedSmoothQuantParameters,
-        )
-
-        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
-        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
-            smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=TRANSFORMER_SMOOTH_QUANT_ALPHA))
-        recipe = f"model_type=TRANSFORMER, SmoothQuant matmul alpha {TRANSFORMER_SMOOTH_QUANT_ALPHA}"
-    if ignored_patterns or ignored_names:
-        kwargs["ignored_scope"] = nncf.IgnoredScope(names=list(ignored_names), patterns=list(ignored_patterns),
-                                                    validate=False)
-    if ignored_patterns:
-        recipe += f", ignored_scope patterns {list(ignored_patterns)} (the model's int8_hints)"
-    if ignored_names:
-        recipe += f", {len(ignored_names)} shape/scale-computing ops left float"
-    return kwargs, recipe
-
-
-def _nncf_missing() -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("nncf") is None:
-        return f"ov int8: NNCF (post-training quantization for OpenVINO) is not installed: {NNCF_HINT}"
-    return None

@@ -78,6 +78,9 @@ def _readable(message: str, detail: str = "") -> tuple[str, str]:
     """(reason, detail): the message's first line in full (up to REASON_LIMIT), the whole text as detail when
     anything was cut."""
     reason = first_line(message)
+    key = next((ln.strip() for ln in message.splitlines()[1:] if NOT_IMPLEMENTED.search(ln)), None)
+    if key and key not in reason:  # engines put the telling line deep in a multi-line error (OpenVINO)
+        reason = first_line(f"{reason} \u2026 {key}")
     if reason != message.strip() and not detail:
         detail = message
     return reason, detail[:20000]
