@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import onnx
 import pytest
 import torch
 
@@ -12,6 +11,7 @@ from harness.run.case import run_case
 from model_zoo import register_model
 
 pytest.importorskip("onnxruntime", reason="ort: Python package 'onnxruntime' not installed")
+onnx = pytest.importorskip("onnx", reason="ort: Python package 'onnx' not installed (extra 'ort')")
 
 
 @pytest.fixture(autouse=True)
