@@ -132,8 +132,9 @@ def check_selection(patterns: Sequence[str], tags: Sequence[str], option: str = 
                            + ("; ONNX cases are selected by id, e.g. 'node-test_conv*'" if onnx_cases else ""))
     if tags and not list_models(patterns or ["*"], tags) and not (onnx_cases and any(
             fnmatch.filter(_onnx_case_names(), p) for p in patterns)):
+        matched = ", ".join(list_models(patterns or ["*"]))
         raise HarnessError(f"{option} {' '.join(patterns or ['*'])} with --tag {' '.join(tags)} selects no model: "
-                           f"none of the models matched ({', '.join(list_models(patterns or ['*']))}) carries every tag")
+                           f"none of the models matched ({matched}) carries every tag")
 
 
 def _onnx_case_names() -> list[str]:
