@@ -340,3 +340,25 @@ def test_stale_build_directories_go_live_ones_stay(tmp_path):
         holder.wait()
         holder.stdout.close()
     assert remove_stale_builds(tmp_path) == [live / ".build-abc"]  # its builder is gone now
+
+
+def test_engine_telemetry_is_off_in_the_harness_processes():
+    """openvino_telemetry forks a sender per event (one hung in a futex for minutes): it must not be importable."""
+    code = ("import sys; from harness import backends; backends.names();"
+            "print(repr(sys.modules.get('openvino_telemetry', 'absent')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "None", out.stderr[-2000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None or importlib.util.find_spec("onnx") is None,
+                    reason="ov: openvino/onnx not installed (pip install -e '.[openvino]')")
+def test_an_openvino_conversion_sends_no_telemetry(tmp_path, monkeypatch):
+    """With no consent file, openvino.convert_model would send (forking) and write ~/intel/openvino_ga_cid."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))  # a fresh cache: the IR is really converted
+    r = run_in_subprocess(CaseRequest("resnet_tiny", "ov", Precision.FP32), timeout_s=300)
+    assert r.status == "pass", r.reason
+    assert r.settings["ir_built"], "nothing was converted: this test would prove nothing"
+    assert not (tmp_path / "home" / "intel").exists(), sorted(p.name for p in (tmp_path / "home" / "intel").iterdir())
+    assert "killed_leftovers" not in r.extra["worker"]
