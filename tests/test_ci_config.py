@@ -324,6 +324,62 @@ def test_every_engine_env_installs_what_its_export_path_needs():
     assert checked >= 4, "expected the ort, ov, trt and cpu envs to run ONNX-reading backends"
 
 
+ENGINE_MODULES = {"ort": ("onnxruntime.py", "_ort_quant.py"), "openvino": ("openvino.py", "_ov_audit.py"),
+                  "ncnn": ("ncnn.py", "_ncnn_tools.py"), "trt": ("tensorrt.py", "_trt_tools.py")}
+"""pyproject extra -> the harness/backends modules of its engine."""
+
+
+def required_imports(path: Path) -> set[str]:
+    """Top-level modules a file imports anywhere (module level or inside functions), except in a ``try`` whose
+    handler names ImportError (an optional import: a broad ``except Exception`` is a fallback for failures of
+    the call, not a declaration that the package may be missing) and ``if TYPE_CHECKING:`` blocks."""
+    import ast
+
+    found: set[str] = set()
+
+    def visit(node: ast.AST, optional: bool) -> None:
+        if isinstance(node, ast.Try):
+            catches = any(h.type is None or re.search(r"\b(ImportError|ModuleNotFoundError)\b",
+                                                      ast.unparse(h.type)) for h in node.handlers)
+            for child in node.body:
+                visit(child, optional or catches)
+            for child in [*node.handlers, *node.orelse, *node.finalbody]:
+                visit(child, optional)
+            return
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if not optional and isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif not optional and isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        for child in ast.iter_child_nodes(node):
+            visit(child, optional)
+
+    visit(ast.parse(path.read_text(), str(path)), False)
+    return found
+
+
+def test_each_engine_extra_brings_what_its_backend_imports():
+    """``pip install -e '.[ENGINE]'`` alone must be enough for that engine's backend code: every package it imports
+    (lazily, inside functions too) is a base dependency or in the extra, unless its ImportError is handled."""
+    from importlib.metadata import packages_distributions
+
+    project = pyproject()["project"]
+    base = {req_name(r) for r in project["dependencies"]}
+    dists = {mod: {req_name(d) for d in names} for mod, names in packages_distributions().items()}
+    ignore = {"harness", "model_zoo", "__future__", *sys.stdlib_module_names}
+    problems = []
+    for extra, files in ENGINE_MODULES.items():
+        provided = base | extra_requirements(extra)
+        for file in files:
+            for mod in sorted(required_imports(ROOT / "harness" / "backends" / file) - ignore):
+                owners = dists.get(mod) or {req_name(mod)}  # not installed here: assume the project is named so
+                if not owners & provided:
+                    problems.append(f"harness/backends/{file} imports {mod} ({sorted(owners)}), not in extra {extra!r}"
+                                    " nor the base dependencies")
+    assert problems == []
+
+
 def _module_level_imports(path: Path) -> tuple[set[str], list[str]]:
     """Top-level modules a file imports at module level without an importorskip of them before, and its
     module-level importorskip calls that give no reason."""
