@@ -218,7 +218,8 @@ class _Child:
             remove_stale_builds(self.cache)
 
     def kill_tree(self) -> None:
-        """SIGKILL every process below the child (including those that left its group), then its group."""
+        """SIGKILL the child's process group and every process below the child (also those that left its group:
+        listed first, while the child is alive to be their ancestor)."""
         import psutil
 
         below = []
