@@ -1,9 +1,16 @@
-"""The ``harness`` command: backends, models, run, report, compare, trend, site."""
+"""The ``harness`` command: backends, models, run, report, compare, trend, site.
+
+Exit codes: 0 success, 1 a case failed (``run``) or a regression (``compare``), 2 a usage error (an
+option, model, backend or zoo file that is wrong) or nothing comparable, 3 (``compare``) missing cases or
+measurements; every error says what exists.
+"""
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -11,7 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from harness import backends
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, UnknownNameError
 from harness.core.options import CaseRequest, MeasureOptions
 from harness.core.record import Record
 from harness.core.types import Precision, Status
@@ -38,28 +45,21 @@ def _cmd_backends(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from model_zoo import list_models, load_zoo_file
+    from model_zoo import list_models
+    from model_zoo.listing import describe, format_table
 
-    for f in args.zoo_file:
-        load_zoo_file(f)
+    user = load_zoo_files(args.zoo_file)
+    timeout_s = check_timeout(args.timeout, "--timeout")
+    check_selection(args.pattern, args.tag, option="pattern", onnx_cases=False)
     names = list_models(args.pattern or ["*"], args.tag)
-    try:
-        from model_zoo.listing import describe, format_table
-    except ImportError:
-        from model_zoo import get_model
-
-        _print_table(("model", "tags", "inputs"), [
-            (n, ",".join(sorted(get_model(n).tags)), "; ".join(f"{t.name}{list(t.shape)}:{t.dtype}"
-                                                              for t in get_model(n).inputs)) for n in names])
-        return 0
-    rows = describe(names)
+    # users' forwards run in a child with a time limit: a model that hangs must not hang the listing
+    rows = describe(names, isolate=user, zoo_files=[str(Path(f).resolve()) for f in args.zoo_file],
+                    timeout_s=timeout_s)
     print(json.dumps(rows, indent=2, default=str) if args.json else format_table(rows))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from harness.cli import run_one_cli
-
     return run_one_cli(args.model, args.backend, args.precision, json_out=args.json, in_process=args.in_process,
                        measure=not args.no_measure, timeout_s=args.timeout, zoo_files=tuple(args.zoo_file),
                        threads=args.threads)
@@ -81,6 +81,98 @@ def _reading(command: str, work: Callable[[], int]) -> int:
                 else:
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     return code
+
+
+# ------------------------------------------------ option checks (shared with the pytest plugin): HarnessError
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``--threads``: None (the CPUs this process may use) or a positive count."""
+    if threads is not None and threads < 1:
+        raise HarnessError(f"--threads {threads}: expected a positive number of engine threads "
+                           "(omit it to use the CPUs this process may use)")
+    return threads
+
+
+def check_timeout(seconds: float, option: str) -> float:
+    """A time limit: positive and finite (0 would fail every case, nan or inf would disable the limit)."""
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise HarnessError(f"{option} {seconds:g}: expected a positive, finite number of seconds, e.g. {option} 600")
+    return seconds
+
+
+def load_zoo_files(paths: Sequence[str]) -> list[str]:
+    """Import each ``--zoo-file`` (trusted code); return the names they registered.
+
+    Errors name the file: ``load_zoo_file`` reports exceptions with their line; a file that calls
+    ``sys.exit`` while being imported (a script, not a zoo file) would otherwise end the whole process.
+    """
+    from model_zoo import load_zoo_file
+
+    added: list[str] = []
+    for path in paths:
+        try:
+            added += load_zoo_file(path)
+        except SystemExit as exc:
+            file = Path(path).expanduser().resolve()
+            for name, mod in list(sys.modules.items()):  # forget the half-imported module: a retry must run it
+                if getattr(mod, "__file__", None) == str(file):
+                    del sys.modules[name]
+            raise HarnessError(f"--zoo-file {file}: importing it called sys.exit({exc.code!r}); a zoo file must only "
+                               "define and register models (put script code under "
+                               "`if __name__ == \"__main__\":`)") from None
+    return added
+
+
+def check_selection(patterns: Sequence[str], tags: Sequence[str], option: str = "--model",
+                    onnx_cases: bool = True) -> None:
+    """Every model pattern and tag must select something: a typo must be an error, never a green run of nothing.
+
+    Explicit names must exist (the error suggests close ones); a wildcard pattern must match a zoo model
+    or, with ``onnx_cases``, an ONNX backend test case id (the ONNX conformance suite selects by id).
+    """
+    from model_zoo import get_model, list_models
+    from model_zoo.listing import unavailable_models
+
+    zoo = list_models("*")
+    unavailable = unavailable_models()
+    for pattern in patterns:
+        if not any(c in pattern for c in "*?["):
+            try:
+                get_model(pattern)  # unknown: the error lists what exists; unavailable: says what to install
+            except UnknownNameError:
+                if not (onnx_cases and pattern in _onnx_case_names()):
+                    raise
+    known_tags = sorted({t for n in zoo for t in get_model(n).tags})
+    for tag in tags:
+        if tag not in known_tags:
+            raise HarnessError(f"--tag {tag!r}: no model of the zoo carries it; known tags: {', '.join(known_tags)}")
+    where = "the zoo" + (" or the ONNX backend test cases" if onnx_cases else "")
+    for pattern in patterns:
+        if list_models([pattern]) or (onnx_cases and fnmatch.filter(_onnx_case_names(), pattern)):
+            continue
+        if hits := fnmatch.filter(unavailable, pattern):
+            raise HarnessError(f"{option} {pattern!r} matches only models that cannot be built here: "
+                               + "; ".join(f"{n}: {unavailable[n]}" for n in hits))
+        raise HarnessError(f"{option} {pattern!r} matches nothing in {where}. Zoo models: {', '.join(zoo)}"
+                           + ("; ONNX cases are selected by id, e.g. 'node-test_conv*'" if onnx_cases else ""))
+    if tags and not list_models(patterns or ["*"], tags) and not (onnx_cases and any(
+            fnmatch.filter(_onnx_case_names(), p) for p in patterns)):
+        matched = ", ".join(list_models(patterns or ["*"]))
+        raise HarnessError(f"{option} {' '.join(patterns or ['*'])} with --tag {' '.join(tags)} selects no model: "
+                           f"none of the models matched ({matched}) carries every tag")
+
+
+def _onnx_case_names() -> list[str]:
+    """Ids of ONNX's backend test cases (and the zoo names of its light models); none without onnx."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        return []
+    from harness.model.onnx_files import discover
+
+    cases = discover()
+    return [c.id for c in cases] + [f"light_{c.name.removeprefix('test_')}" for c in cases if c.case_set == "light"]
 
 
 def _check_output(path: str | Path, example: str) -> Path:
@@ -172,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tag", action="append", default=[], help="only models with this tag (repeatable)")
     s.add_argument("--zoo-file", action="append", default=[], help="a Python file registering more models")
     s.add_argument("--json", action="store_true", help="JSON output")
+    s.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="limit for counting the zoo files' models, in a child process (default 120)")
     s.set_defaults(func=_cmd_models)
 
     s = sub.add_parser("run", help="run one case outside pytest and print its record")
@@ -219,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``harness`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``harness`` console script: 0 ok, 1 a failed case or a regression, 2 a usage error."""
+    args = build_parser().parse_args(argv)  # argparse's own usage errors exit 2 too
     try:
         return int(args.func(args) or 0)
     except (HarnessError, ValueError, FileNotFoundError) as exc:
@@ -228,20 +322,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
-
-
-
-
 def run_one_cli(model: str, backend: str, precision: str, *, json_out: bool = False, in_process: bool = False,
                 measure: bool = True, timeout_s: float = 600.0, threads: int | None = None,
                 zoo_files: Sequence[str] = (), bench: bool = False, batches: Sequence[int] | None = None,
                 out: IO[str] | None = None) -> int:
-    """``harness run``: one case, printed as JSON or a summary; exit 0 for pass/fallback/xfail, else 1."""
+    """``harness run``: one case, printed as JSON or a summary; exit 0 for pass/fallback/xfail, else 1.
+
+    Usage errors (unknown or unrunnable model, backend or precision, bad limits, a broken zoo file) raise
+    ``HarnessError``/``ValueError`` before any case starts (``main``: exit 2), never a failed case's 1.
+    """
     out = out or sys.stdout
+    from model_zoo import get_model
+
+    load_zoo_files(zoo_files)
+    get_model(model)  # unknown: lists the zoo; unavailable here: says what to install
+    check_threads(threads)
+    check_timeout(timeout_s, "--timeout")
+    name = backends.canonical(backend)
+    if (reason := backends.get(name)().unavailable_reason()) is not None:
+        raise HarnessError(f"--backend {name} cannot run here: {reason}. "
+                           f"Available here: {', '.join(backends.available()) or 'none'}.")
     opts: MeasureOptions | None = None
     if measure:
         opts = (MeasureOptions.bench if bench else MeasureOptions.quick)(
@@ -285,3 +385,7 @@ def format_record(r: Record) -> str:
     if r.peak_rss_mb is not None:
         lines.append(f"  peak RSS of the case: {r.peak_rss_mb} MB")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -80,7 +80,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--shard", default=None, metavar="I/N",
                     help="run only shard I of N (1-based; stable assignment by test id) for CI matrices")
     group.addoption("--onnx-cases", default=None, choices=("ci", "all"), metavar="SET",
-                    help="ONNX conformance suite: 'ci' (curated subset, default) or 'all' (every shipped case; nightly)")
+                    help="ONNX conformance suite: 'ci' (curated subset, default) or 'all' (every shipped case; "
+                         "nightly)")
     group.addoption("--onnx-case", action="append", default=[], metavar="PATTERN",
                     help="ONNX conformance case ids, shell wildcards (repeatable), e.g. 'node-test_conv*'")
     group.addoption("--no-report", action="store_true", help="do not write the HTML report at the end")
@@ -99,14 +100,15 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", f"{CASE_MARKER}(tags=, models=, backends=, precisions=, suite=): "
                                        "restrict the cases a suite test is parametrized over")
     opt = config.option
-    try:
-        from model_zoo import load_zoo_file
+    try:  # every usage error stops the session here: exit 4 with the message, before anything runs
+        from harness.cli import check_selection, check_threads, check_timeout, load_zoo_files
 
-        for f in opt.zoo_file:
-            load_zoo_file(f)
-        check_model_names(opt.model)
+        load_zoo_files(opt.zoo_file)
+        check_selection(opt.model, opt.tag)
         explicit = [backends.canonical(b) for b in opt.backend]
         precisions = [Precision.parse(p) for p in opt.precision] or list(Precision)
+        check_threads(opt.threads)
+        check_timeout(opt.case_timeout, "--case-timeout")
     except (HarnessError, ValueError) as exc:
         raise _usage(str(exc)) from None
     if explicit:
@@ -167,15 +169,6 @@ def _marker_kwargs(metafunc: pytest.Metafunc) -> dict[str, Any]:
         raise _usage(f"{metafunc.definition.nodeid}: @pytest.mark.{CASE_MARKER} takes keywords "
                      f"{sorted(CASE_MARKER_KEYS)}; got {sorted(unknown) or marker.args}")
     return dict(marker.kwargs)
-
-
-def check_model_names(patterns: list[str]) -> None:
-    """An explicit (wildcard-free) --model name that does not exist is a usage error listing what exists."""
-    from model_zoo import get_model
-
-    for pattern in patterns:
-        if not any(c in pattern for c in "*?["):
-            get_model(pattern)
 
 
 def selected_models(hc: HarnessConfig, tags: list[str] = (), models: list[str] | None = None) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import pytest
 import torch
 
@@ -14,6 +13,7 @@ from harness.run.case import run_case
 from model_zoo import register_model
 
 pytest.importorskip("onnxruntime", reason="ort: Python package 'onnxruntime' not installed")
+onnx = pytest.importorskip("onnx", reason="ort: Python package 'onnx' not installed (extra 'ort')")
 
 
 @pytest.fixture(autouse=True)

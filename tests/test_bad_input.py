@@ -78,6 +78,7 @@ def badinput_log_of_negative() -> nn.Module:
 RAISING_ZOO = "from model_zoo import TensorSpec, register_model\n\nSIZE = 4\nraise RuntimeError('boom at import')\n"
 RAISING_LINE = 4
 SYNTAX_ZOO = "from model_zoo import register_model\n\n\ndef broken(:\n    pass\n"
+EXITING_ZOO = "import sys\n\nfrom model_zoo import register_model\n\nsys.exit(3)\n"  # a script passed as a zoo file
 DUPLICATE_ZOO = '''
 from torch import nn
 
@@ -140,7 +141,7 @@ def _mount_full_tmpfs(where: Path) -> str | None:
 @pytest.fixture(scope="module")
 def usage_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("usage")
-    files = {"raising": RAISING_ZOO, "syntax": SYNTAX_ZOO, "duplicate": DUPLICATE_ZOO}
+    files = {"raising": RAISING_ZOO, "syntax": SYNTAX_ZOO, "duplicate": DUPLICATE_ZOO, "exiting": EXITING_ZOO}
     for name, text in files.items():
         (tmp / f"{name}_zoo.py").write_text(text)
     (tmp / "a_file").write_text("not a directory")
@@ -157,6 +158,15 @@ def usage_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "zoo_syntax": [*base, "--collect-only", "--zoo-file", str(tmp / "syntax_zoo.py")],
         "zoo_duplicate": [*base, "--collect-only", "--zoo-file", str(tmp / "duplicate_zoo.py")],
         "not_a_dir": [*base, *case, "--results-dir", str(tmp / "a_file" / "results")],
+        "zoo_exiting": [*base, "--collect-only", "--zoo-file", str(tmp / "exiting_zoo.py")],
+        "glob_matches_nothing": [*base, "--collect-only", "--model", "zzz*"],
+        "tag_nobody_has": [*base, "--collect-only", "--tag", "cii"],
+        "model_without_tag": [*base, "--collect-only", "--model", "resnet18", "--tag", "ci"],
+        "threads_negative": [*base, "--collect-only", "--threads", "-1"],
+        "threads_zero": [*base, "--collect-only", "--threads", "0"],
+        "timeout_zero": [*base, "--collect-only", "--case-timeout", "0"],
+        "timeout_nan": [*base, "--collect-only", "--case-timeout", "nan"],
+        "timeout_negative": [*base, "--collect-only", "--case-timeout", "-5"],
     }
     if full_reason is None:
         argvs["disk_full"] = [*base, *case, "--results-dir", str(full / "results")]
@@ -178,6 +188,33 @@ def test_unknown_names_are_usage_errors_listing_what_exists(usage_runs, key, exp
     assert run["code"] == pytest.ExitCode.USAGE_ERROR, output(run)
     for fragment in expected:
         assert fragment in run["stderr"], run["stderr"]
+
+
+@pytest.mark.parametrize(("key", "expected"), [
+    ("glob_matches_nothing", ["--model 'zzz*' matches nothing in the zoo", "Zoo models: ", "resnet_tiny"]),
+    ("tag_nobody_has", ["--tag 'cii': no model of the zoo carries it; known tags: ", "ci"]),
+    ("model_without_tag", ["--model resnet18 with --tag ci selects no model"]),
+    ("threads_negative", ["--threads -1: expected a positive number of engine threads"]),
+    ("threads_zero", ["--threads 0: expected a positive number of engine threads"]),
+    ("timeout_zero", ["--case-timeout 0: expected a positive, finite number of seconds"]),
+    ("timeout_nan", ["--case-timeout nan: expected a positive, finite number of seconds"]),
+    ("timeout_negative", ["--case-timeout -5: expected a positive, finite number of seconds"]),
+])
+def test_options_that_would_run_nothing_or_disable_a_limit_are_usage_errors(usage_runs, key, expected):
+    """A CI typo must not go green by running nothing, and a limit must not become a failure of every case or none."""
+    run = usage_runs["runs"][key]
+    assert run["code"] == pytest.ExitCode.USAGE_ERROR, output(run)
+    for fragment in expected:
+        assert fragment in run["stderr"], run["stderr"]
+    assert "INTERNALERROR" not in output(run)
+
+
+def test_zoo_file_calling_sys_exit_is_a_usage_error_naming_it(usage_runs):
+    run = usage_runs["runs"]["zoo_exiting"]
+    assert run["code"] == pytest.ExitCode.USAGE_ERROR, output(run)
+    file = (usage_runs["tmp"] / "exiting_zoo.py").resolve()
+    assert f"--zoo-file {file}: importing it called sys.exit(3)" in run["stderr"], output(run)
+    assert "INTERNALERROR" not in output(run)
 
 
 def test_missing_zoo_file_is_named(usage_runs):
@@ -248,6 +285,112 @@ def test_full_results_filesystem_fails_before_any_case_runs(usage_runs):
     assert not re.search(r"\d+ (passed|failed)", text), "a case ran although results could not be written"
 
 
+# ---------------------------------------------------------------------------------------------- CLI usage errors
+
+
+def _unrunnable_backend() -> str | None:
+    from harness import backends
+
+    return next((n for n in backends.names() if backends.get(n)().unavailable_reason() is not None), None)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["run", "resnet_tinyy", "--backend", "torch"], "unknown model 'resnet_tinyy'; did you mean resnet_tiny"),
+    (["run", "resnet_tiny", "--backend", "tflite"], "unknown backend 'tflite'; known backends: "),
+    (["run", "resnet_tiny", "--backend", "UNRUNNABLE"], "cannot run here: "),
+    (["run", "resnet_tiny", "--backend", "torch", "--precision", "int4"], "unknown precision 'int4'"),
+    (["run", "resnet_tiny", "--backend", "torch", "--threads", "-1"], "--threads -1: expected a positive number"),
+    (["run", "resnet_tiny", "--backend", "torch", "--timeout", "0"], "--timeout 0: expected a positive, finite"),
+    (["run", "resnet_tiny", "--backend", "torch", "--timeout", "nan"], "--timeout nan: expected a positive, finite"),
+    (["run", "x", "--backend", "torch", "--zoo-file", "EXITING"], "exiting_zoo.py: importing it called sys.exit(3)"),
+    (["run", "x", "--backend", "torch", "--zoo-file", "nope_zoo.py"], "--zoo-file nope_zoo.py: no such file"),
+    (["models", "zzz*"], "pattern 'zzz*' matches nothing in the zoo. Zoo models: "),
+    (["models", "--tag", "cii"], "--tag 'cii': no model of the zoo carries it"),
+    (["models", "--timeout", "0"], "--timeout 0: expected a positive, finite"),
+])
+def test_cli_usage_errors_exit_2_with_a_message_before_any_case(argv, expected, tmp_path, capsys, monkeypatch):
+    """Exit 2 with what was wrong, never 1 (a failed case) nor 0, and no case is started."""
+    from harness import cli
+
+    if "UNRUNNABLE" in argv:
+        backend = _unrunnable_backend()
+        if backend is None:
+            pytest.skip("every backend can run on this machine: none to request as unrunnable")
+        argv = [backend if a == "UNRUNNABLE" else a for a in argv]
+    if "EXITING" in argv:
+        (tmp_path / "exiting_zoo.py").write_text(EXITING_ZOO)
+        argv = [str(tmp_path / "exiting_zoo.py") if a == "EXITING" else a for a in argv]
+    monkeypatch.setattr(cli, "run_in_subprocess", lambda *a, **k: pytest.fail("a case was started"))
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"harness {argv[0]}: error: " in err
+    assert expected in err, err
+
+
+def test_cli_argument_errors_exit_2(capsys):
+    from harness.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "resnet_tiny"])  # --backend is required
+    assert exc.value.code == 2
+    assert "--backend" in capsys.readouterr().err
+
+
+HANGING_ZOO = """
+import os
+import subprocess
+import sys
+import time
+
+from torch import nn
+
+from model_zoo import TensorSpec, register_model
+
+
+class Hangs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", os.environ["HANG_MARK"]])
+        time.sleep(600)
+        return self.lin(x)
+
+
+@register_model(inputs=[TensorSpec("x", (1, 4))], tags={"hangs"})
+def user_hangs() -> nn.Module:
+    return Hangs()
+"""
+
+
+def test_models_listing_counts_user_models_in_a_child_with_a_limit(tmp_path):
+    """A user's forward that hangs (and forks) costs the listing its time limit, not the listing itself."""
+    import time
+
+    import psutil
+
+    zoo = tmp_path / "hanging_zoo.py"
+    zoo.write_text(HANGING_ZOO)
+    mark = f"harness-models-hang-{tmp_path.name}"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "harness.cli", "models", "user_hangs", "resnet_tiny", "--json",
+                           "--zoo-file", str(zoo), "--timeout", "10"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=child_env(HANG_MARK=mark))
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads(proc.stdout)}
+    assert rows["user_hangs"]["flops"] is None
+    assert "not counted: building and running it took longer than 10 s" in rows["user_hangs"]["note"]
+    assert rows["resnet_tiny"]["flops"] > 0  # built-in models are still counted
+    assert elapsed < 120, f"the listing took {elapsed:.0f} s"
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if mark in (p.info["cmdline"] or [])]
+    for pid in left:
+        psutil.Process(pid).kill()
+    assert left == [], "the hanging model's fork outlived the listing"
+
+
 # ---------------------------------------------------------------------------------------------- engine faults
 
 
@@ -280,7 +423,8 @@ def test_engine_rejecting_an_op_is_unsupported_with_its_message_and_the_run_goes
     # cases after the failing one still ran (models run in name order: badinput_* first)
     assert records["lstm_tiny"].status == "pass", records["lstm_tiny"].reason
     assert "PASSED suites/test_conformance.py::test_conformance[lstm_tiny-ort-fp32]" in proc.stdout
-    assert "SKIPPED" in proc.stdout and "custom_domain:MyOp" in proc.stdout
+    assert "SKIPPED" in proc.stdout
+    assert "custom_domain:MyOp" in proc.stdout
     assert proc.returncode == pytest.ExitCode.TESTS_FAILED  # the NaN model's case fails the session
 
 

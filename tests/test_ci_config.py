@@ -263,6 +263,171 @@ def test_tox_resolves_the_config(tmp_path):
     assert "harness report results -o site/index.html" in proc.stdout
 
 
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def req_name(requirement: str) -> str:
+    """The normalized project name of a requirement string (``PyYAML>=6`` -> ``pyyaml``)."""
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1)
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def extra_requirements(extra: str) -> set[str]:
+    """Project names an extra installs, following the project's own ``name[other,extras]`` references."""
+    project = pyproject()["project"]
+    me, found = req_name(project["name"]), set()
+    for req in project["optional-dependencies"][extra]:
+        if req_name(req) == me:
+            inner = re.search(r"\[(.*?)\]", req).group(1)
+            for other in inner.split(","):
+                found |= extra_requirements(other.strip())
+        else:
+            found.add(req_name(req))
+    return found
+
+
+def env_list(cp: configparser.ConfigParser) -> list[str]:
+    return [e.strip() for e in re.split(r"[,\n]", cp.get("tox", "env_list")) if e.strip()]
+
+
+def test_every_env_in_env_list_is_defined_and_installs_extras_that_exist():
+    """``tox`` (no -e) runs env_list: each env must exist, and every extra it installs must be in pyproject.toml."""
+    cp = tox_config()
+    extras = set(pyproject()["project"]["optional-dependencies"])
+    listed = env_list(cp)
+    assert {"unit", "ort", "ov", "ncnn", "cpu"} <= set(listed), listed
+    for env in listed:
+        assert cp.has_section(f"testenv:{env}"), f"env_list names {env}, which tox.ini does not define"
+        wanted = tox_list(cp, env, "extras")
+        assert wanted, f"tox env {env} installs no extra"
+        missing = set(wanted) - extras
+        assert not missing, f"tox env {env} installs extras {sorted(missing)}, not in pyproject.toml ({sorted(extras)})"
+
+
+def test_every_engine_env_installs_what_its_export_path_needs():
+    """An env installs one engine's extra on its own: the extra must bring torch's ONNX exporters' dependencies when
+    that engine reads ONNX (onnx for the TorchScript exporter, onnxscript for the dynamo one some models declare)."""
+    from harness import backends
+
+    cp = tox_config()
+    checked = 0
+    for env in [s.partition(":")[2] for s in cp.sections() if s.startswith("testenv:")]:
+        args = next((pytest_args_of(commands(c)[0]) for c in tox_list(cp, env, "commands")), None) or []
+        named = [args[i + 1] for i, a in enumerate(args) if a == "--backend"]
+        installed = set().union(*(extra_requirements(x) for x in tox_list(cp, env, "extras")))
+        for name in named:
+            if backends.get(name)().needs_onnx:
+                missing = {"onnx", "onnxscript"} - installed
+                assert not missing, f"tox env {env} runs --backend {name} (reads ONNX) without {sorted(missing)}"
+                checked += 1
+    assert checked >= 4, "expected the ort, ov, trt and cpu envs to run ONNX-reading backends"
+
+
+ENGINE_MODULES = {"ort": ("onnxruntime.py", "_ort_quant.py"), "openvino": ("openvino.py", "_ov_audit.py"),
+                  "ncnn": ("ncnn.py", "_ncnn_tools.py"), "trt": ("tensorrt.py", "_trt_tools.py")}
+"""pyproject extra -> the harness/backends modules of its engine."""
+
+
+def required_imports(path: Path) -> set[str]:
+    """Top-level modules a file imports anywhere (module level or inside functions), except in a ``try`` whose
+    handler names ImportError (an optional import: a broad ``except Exception`` is a fallback for failures of
+    the call, not a declaration that the package may be missing) and ``if TYPE_CHECKING:`` blocks."""
+    import ast
+
+    found: set[str] = set()
+
+    def visit(node: ast.AST, optional: bool) -> None:
+        if isinstance(node, ast.Try):
+            catches = any(h.type is None or re.search(r"\b(ImportError|ModuleNotFoundError)\b",
+                                                      ast.unparse(h.type)) for h in node.handlers)
+            for child in node.body:
+                visit(child, optional or catches)
+            for child in [*node.handlers, *node.orelse, *node.finalbody]:
+                visit(child, optional)
+            return
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if not optional and isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif not optional and isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        for child in ast.iter_child_nodes(node):
+            visit(child, optional)
+
+    visit(ast.parse(path.read_text(), str(path)), False)
+    return found
+
+
+def test_each_engine_extra_brings_what_its_backend_imports():
+    """``pip install -e '.[ENGINE]'`` alone must be enough for that engine's backend code: every package it imports
+    (lazily, inside functions too) is a base dependency or in the extra, unless its ImportError is handled."""
+    from importlib.metadata import packages_distributions
+
+    project = pyproject()["project"]
+    base = {req_name(r) for r in project["dependencies"]}
+    dists = {mod: {req_name(d) for d in names} for mod, names in packages_distributions().items()}
+    ignore = {"harness", "model_zoo", "__future__", *sys.stdlib_module_names}
+    problems = []
+    for extra, files in ENGINE_MODULES.items():
+        provided = base | extra_requirements(extra)
+        for file in files:
+            for mod in sorted(required_imports(ROOT / "harness" / "backends" / file) - ignore):
+                owners = dists.get(mod) or {req_name(mod)}  # not installed here: assume the project is named so
+                if not owners & provided:
+                    problems.append(f"harness/backends/{file} imports {mod} ({sorted(owners)}), not in extra {extra!r}"
+                                    " nor the base dependencies")
+    assert problems == []
+
+
+def _module_level_imports(path: Path) -> tuple[set[str], list[str]]:
+    """Top-level modules a file imports at module level without an importorskip of them before, and its
+    module-level importorskip calls that give no reason."""
+    import ast
+
+    tree = ast.parse(path.read_text(), str(path))
+    found, guarded, unexplained = set(), set(), []
+    for node in tree.body:  # module level only: imports inside functions or try blocks are the test's own business
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names} - guarded
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {node.module.split(".")[0]} - guarded
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for call in ast.walk(node):
+            if isinstance(call, ast.Call) and getattr(call.func, "attr", "") == "importorskip":
+                if call.args and isinstance(call.args[0], ast.Constant):
+                    guarded.add(str(call.args[0].value).split(".")[0])  # the module skips before importing it
+                if not any(k.arg == "reason" for k in call.keywords):
+                    unexplained.append(f"{path.name}:{call.lineno}")
+    return found, unexplained
+
+
+def test_the_dev_extra_has_what_the_tests_import():
+    """``pip install -e '.[dev]'`` (tox -e unit: no engine) must be enough to collect every test module: what a
+    test module imports unconditionally is in the base dependencies or the dev extra; an engine is importorskip'd
+    with a reason, so the module skips saying what is missing."""
+    from importlib.metadata import packages_distributions
+
+    project = pyproject()["project"]
+    provided = {req_name(r) for r in project["dependencies"]} | extra_requirements("dev")
+    dists = {mod: {req_name(d) for d in names} for mod, names in packages_distributions().items()}
+    first_party = {"harness", "model_zoo", "tests", "conftest", "__future__"}
+    problems, unexplained = [], []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        modules, no_reason = _module_level_imports(path)
+        unexplained += no_reason
+        for mod in sorted(modules - first_party - set(sys.stdlib_module_names)):
+            owners = dists.get(mod)
+            if not owners:
+                problems.append(f"{path.name}: imports {mod}, which no installed distribution provides")
+            elif not owners & provided:
+                problems.append(f"{path.name}: imports {mod} (from {sorted(owners)}) at module level; it is in "
+                                "neither the base dependencies nor the dev extra: add it there or importorskip it")
+    assert problems == []
+    assert unexplained == [], "module-level pytest.importorskip without reason= (a skip must say why)"
+
+
 # ---------------------------------------------------------------------------------------------- nightly
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx", reason="ONNX cases: Python package 'onnx' not installed (extra 'ort')")
+pytest.importorskip("onnxruntime", reason="ONNX cases: Python package 'onnxruntime' not installed (extra 'ort')")
 
 import onnx
 import onnxruntime

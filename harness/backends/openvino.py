@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,6 +41,32 @@ SOURCES = ("onnx", "torch")
 SOURCE_ENV = "HARNESS_OV_SOURCE"
 DEVICES = ("CPU", "GPU", "NPU")
 _HINTS = {Precision.FP32: "f32", Precision.FP16: "f16", Precision.INT8: "f32"}
+TELEMETRY_MODULE = "openvino_telemetry"
+
+
+def telemetry_off() -> bool:
+    """Keep OpenVINO's and NNCF's usage telemetry out of this process; True if it is off.
+
+    ``openvino.convert_model`` (ovc) and NNCF report usage through ``openvino_telemetry``, on by default
+    (OpenVINO's telemetry page: opt out with ``opt_in_out --opt_out``). Its GA4 backend sends every event
+    from a *forked* ``multiprocessing.Process``: forked from a process running torch/engine threads, it
+    can inherit a held lock and hang (seen here: one stuck in a futex for minutes), it outlives the case,
+    and it runs in the middle of measured cases; it also writes ``~/intel/openvino_ga_cid`` and ``stats``.
+    The documented opt-outs do not fit a harness: the consent file ``~/intel/openvino_telemetry`` (what
+    ``opt_in_out --opt_out`` writes) changes the user's choice for every OpenVINO tool on the machine and
+    sends an opt-out event, and ``disable_in_ci`` means setting ``CI=true`` for everything in the process.
+    Both ovc (``openvino.tools.ovc.telemetry_stub``) and NNCF (``NNCFTelemetryStub``) fall back to a no-op
+    stub when the package cannot be imported, so the harness makes it unimportable here: nothing is sent,
+    forked or written. Effective when it runs before anything imported openvino, which is the case in the
+    harness's processes (the backend registry imports this module before any backend runs).
+    """
+    if sys.modules.get(TELEMETRY_MODULE, None) is not None:
+        return False  # imported before the harness (by the user's own code in this process): left as it is
+    sys.modules[TELEMETRY_MODULE] = None  # type: ignore[assignment]  # import -> ImportError -> the stubs
+    return True
+
+
+telemetry_off()
 
 
 class OpenVinoSession(Session):

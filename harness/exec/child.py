@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import signal
 import sys
 import time
@@ -14,14 +15,89 @@ from pathlib import Path
 from harness.core.options import CaseRequest, request_from_json
 from harness.core.record import Record
 
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+LEFTOVER_WAIT_S = 5.0
+
+
+def _prctl(option: int, value: int) -> None:
+    with contextlib.suppress(Exception):  # Linux only; elsewhere the feature is simply absent
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(option, value)
+
 
 def _die_with_parent() -> None:
     """Ask the kernel to SIGKILL this child when its parent dies (Linux), so no case outlives a killed run."""
-    with contextlib.suppress(Exception):
-        import ctypes
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+def _adopt_orphans() -> None:
+    """Become a child subreaper (Linux): a process a case detaches (double fork, ``setsid``) is re-parented to
+    this child instead of init, so ``end_leftovers`` still finds it among this process's descendants."""
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def end_leftovers(wait_s: float = LEFTOVER_WAIT_S) -> list[str]:
+    """Kill (SIGKILL) and reap every process still running below this one; return them as ``"pid name"``.
+
+    Run after each case of a reused child: whatever the case started and left running (a model's forward
+    that forks, an engine's helper process) must not outlive it, hold its files or CPU, or pile up over
+    the hundreds of cases one child runs. Repeated until none is left, since a process may fork while the
+    first round is being killed.
+    """
+    import psutil
+
+    me, ended = psutil.Process(), []
+    for _ in range(5):
+        procs = me.children(recursive=True)
+        if not procs:
+            break
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                if proc.status() != psutil.STATUS_ZOMBIE:  # a zombie has ended already: only reaped below
+                    ended.append(f"{proc.pid} {proc.name()}")
+                proc.kill()
+        psutil.wait_procs(procs, timeout=wait_s)
+        _reap_adopted()
+    return ended
+
+
+def _reap_adopted() -> None:
+    """Collect the exit status of adopted orphans (subreaper) that psutil did not wait for."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def remove_stale_builds(root: Path) -> list[Path]:
+    """Delete the ``.build-*`` directories under the artifact cache whose builders are gone; return them.
+
+    A builder holds its artifact's ``<name>.lock`` (flock) for the whole life of its ``.build-*``
+    directory (``harness.core.cache.cached``). Directories are listed before the locks are tried, so
+    where no lock beside them is held, every listed build directory belongs to a builder that is gone;
+    where one is held (a live build of the same model), they are left for a later sweep.
+    """
+    import fcntl
+
+    def held(lock: Path) -> bool:
+        try:
+            with lock.open("a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on close
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    removed: list[Path] = []
+    for dirpath, dirnames, _ in os.walk(root):
+        builds = [Path(dirpath, d) for d in dirnames if d.startswith(".build-")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".build-")]
+        if builds and not any(held(lock) for lock in Path(dirpath).glob("*.lock")):
+            for build in builds:
+                shutil.rmtree(build, ignore_errors=True)
+                removed.append(build)
+    return removed
 
 
 @contextlib.contextmanager
@@ -31,7 +107,7 @@ def _isolated() -> Iterator[None]:
     import torch
 
     dtype, grad, threads = torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_num_threads()
-    env, cwd = dict(os.environ), os.getcwd()
+    env, cwd = dict(os.environ), Path.cwd()
     try:
         yield
     finally:
@@ -55,6 +131,7 @@ def child_main(argv: Sequence[str]) -> int:
     work, msg_fd = Path(argv[0]), int(argv[1])
     if argv[2:3] == ["1"]:
         _die_with_parent()
+    _adopt_orphans()
     t0 = time.perf_counter()
     from harness.run.case import run_case
 
@@ -67,7 +144,9 @@ def child_main(argv: Sequence[str]) -> int:
         case_dir = work / line.decode().strip()
         with _isolated():
             record = _run_measured(run_case, request_from_json((case_dir / "request.json").read_text()))
-        worker = {"pid": os.getpid(), "import_s": import_s if index == 0 else 0.0, "reused": index > 0}
+        leftovers = end_leftovers()  # before "D": the next case, or the parent's next look, finds none
+        worker = {"pid": os.getpid(), "import_s": import_s if index == 0 else 0.0, "reused": index > 0,
+                  **({"killed_leftovers": leftovers} if leftovers else {})}
         record = dataclasses.replace(record, extra={**record.extra, "worker": worker})
         tmp = case_dir / "record.json.tmp"
         tmp.write_text(record.to_json())

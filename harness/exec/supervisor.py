@@ -14,6 +14,11 @@ writing ``DIR/case-N/record.json``. The parent reaps it with ``os.wait4``:
   (faulthandler dumps every thread's stack), then SIGKILL to the whole process
   group -> status ``timeout`` with that stack.
 
+No process outlives its case: the child kills what a case left running before
+it reports the case done (``harness.exec.child.end_leftovers``), and discarding
+a child SIGKILLs its process group and every process below it; after an unclean
+end (crash, kill) its half-done ``.build-*`` cache builds are deleted too.
+
 A fresh child costs about 2.5 s before its case starts (mostly ``import torch``),
 more than a tiny model's whole case, so unmeasured cases (conformance, accuracy,
 ONNX operator cases) run one after another in the same child until it crashes,
@@ -49,10 +54,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.core.cache import cache_root
 from harness.core.machine import machine_id
 from harness.core.options import CaseRequest, request_to_json
 from harness.core.record import Record
 from harness.core.types import Cause, Status
+from harness.exec.child import remove_stale_builds
 
 TAIL_LINES = 25
 DUMP_GRACE_S = 2.0
@@ -60,6 +67,7 @@ STARTUP_LIMIT_S = 300.0
 EXIT_GRACE_S = 2.0
 REUSE_ENV = "HARNESS_WORKER_CASES"  # conformance cases one child may run in sequence; 1 = a fresh child per case
 DEFAULT_CASES_PER_CHILD = 200
+CHILD_ENV_DEFAULTS = {"ORT_DISABLE_TELEMETRY": "1"}  # ONNX Runtime's documented opt-out of its 1DS telemetry
 
 
 # ---------------------------------------------------------------- parent side
@@ -125,12 +133,14 @@ class _Child:
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="harness-case-"))
         self.env_key = _env_key()
+        self.cache = cache_root()  # where its half-done builds would be: the environment may change before discard
         self.cases = 0
+        self.unclean = False  # it crashed or was killed: it may have left half-done builds
         self.sent_at: float | None = None
         self.spawned_at = time.perf_counter()
         root = str(Path(__file__).resolve().parent.parent)  # the child imports this same harness
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
-               "PYTHONUNBUFFERED": "1"}
+        env = {**CHILD_ENV_DEFAULTS, **os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         # PR_SET_PDEATHSIG fires when the spawning *thread* exits: only ask for it from the main thread
         die_with_parent = "1" if threading.current_thread() is threading.main_thread() else "0"
         msg_r, msg_w = os.pipe()
@@ -143,6 +153,7 @@ class _Child:
         finally:
             os.close(msg_w)
         self.reaper, self.messages = _Reaper(self.proc), _Messages(msg_r)
+        self.ps = _ps_process(self.proc.pid)  # psutil's handle checks for pid reuse before it signals
 
     def case_dir(self, index: int) -> Path:
         return self.dir / f"case-{index}"
@@ -181,23 +192,45 @@ class _Child:
                 if not self.messages.wait_for(lambda m: m.done >= self.cases, left):
                     timed_out = "case"
             if timed_out:
-                _dump_stacks_and_kill(self.proc, self.reaper)
+                _dump_stacks_and_kill(self)
             if self.messages.closed:  # the child is gone (crash, kill): collect its exit status
+                self.unclean = True
                 self.reaper.wait(None)
         except BaseException:  # Ctrl-C or a pytest timeout in the parent: do not leave the child running
+            self.unclean = True
             self.discard()
             raise
         return timed_out
 
     def discard(self) -> None:
-        """End the child (end of stdin, then SIGKILL to its group if needed), reap it, delete its directory."""
+        """End the child: end of stdin, then SIGKILL to its process group and every process below it (whatever
+        a crashed or killed child left running); reap it; delete its directory and, after an unclean end, the
+        half-done builds it left in the cache."""
         with contextlib.suppress(OSError):
             assert self.proc.stdin is not None
             self.proc.stdin.close()
         if not self.reaper.wait(EXIT_GRACE_S):
-            _kill_group(self.proc)
+            self.unclean = True
+        self.kill_tree()  # also after a clean exit: group members it could not end are still in its group
         self.reaper.wait(None)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.unclean:
+            remove_stale_builds(self.cache)
+
+    def kill_tree(self) -> None:
+        """SIGKILL the child's process group and every process below the child (also those that left its group:
+        listed first, while the child is alive to be their ancestor)."""
+        import psutil
+
+        below = []
+        if self.ps is not None and not self.reaper.wait(0):  # once reaped, its pid may name another process
+            with contextlib.suppress(psutil.Error):
+                below = self.ps.children(recursive=True)
+        # the group outlives its leader while members remain; its id is not reused while any member exists
+        _kill_group(self.proc)
+        for proc in below:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
 
 class _IdleChild:
@@ -285,12 +318,21 @@ def _kill_group(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> Non
         os.killpg(proc.pid, sig)
 
 
-def _dump_stacks_and_kill(proc: subprocess.Popen[bytes], waiter: _Reaper) -> None:
+def _dump_stacks_and_kill(child: _Child) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGUSR1)  # faulthandler: every thread's Python stack to the log
-    waiter.wait(DUMP_GRACE_S)
-    _kill_group(proc)
-    waiter.wait(None)
+        os.kill(child.proc.pid, signal.SIGUSR1)  # faulthandler: every thread's Python stack to the log
+    child.reaper.wait(DUMP_GRACE_S)
+    child.kill_tree()
+    child.reaper.wait(None)
+
+
+def _ps_process(pid: int) -> Any:
+    import psutil
+
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 def _tail(path: Path, lines: int = TAIL_LINES) -> str:
@@ -343,12 +385,8 @@ def _failure_record(case: CaseRequest, started: float, wall_s: float, status: in
         cause = Cause.HARNESS if code is Status.ERROR else Cause.ENGINE
         reason = f"the case's process exited with code {exit_code} without writing a record{tail}"
     return Record(run_id=case.run_id, model=case.model, backend=backend, precision=case.precision.value,
-                  status=code.value, suite=case.suite, reason=reason, cause=cause.value, test_id=case.test_id or case.case_id,
-                  machine_id=machine_id(), started_at=started, duration_s=round(wall_s, 3),
+                  status=code.value, suite=case.suite, reason=reason, cause=cause.value,
+                  test_id=case.test_id or case.case_id, machine_id=machine_id(), started_at=started,
+                  duration_s=round(wall_s, 3),
                   extra={"signal": signal.Signals(sig).name} if sig else {})
 
-
-# ---------------------------------------------------------------- child side
-
-
-# ---------------------------------------------------------------- `harness run`
