@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from harness.backends._ov_audit import audit, has_attention
-from harness.backends.base import Backend, Session
+from harness.backends.base import Backend, BoundCall, Session
 from harness.core.cache import cached, feeds_digest
 from harness.core.errors import ConversionError, UnsupportedPrecision
 from harness.core.machine import module_version
@@ -56,6 +56,31 @@ class OpenVinoSession(Session):
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
         self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
         return {name: np.array(self.request.get_tensor(port).data, copy=True) for name, port in self.ports.items()}
+
+    def bind(self, feeds: Feeds) -> BoundCall:
+        """Input tensors set on the infer request once (copied once); the call is the
+        binding's synchronous ``infer`` with no inputs to dispatch and outputs left in the request
+        (``openvino._pyopenvino.InferRequest.infer(request, {}, share_outputs=True)``: what ``benchmark_app``'s
+        ``request.infer()`` runs, minus the Python wrapper's output copies). ``engine_ms`` is the
+        runtime's own ``request.latency`` of the call, the figure ``benchmark_app`` reports."""
+        import openvino as ov
+
+        request = self.request
+        for port in self.compiled.inputs:
+            name = next((n for n in port.get_names() if n in feeds), None)
+            if name is None:
+                raise KeyError(f"ov: no feed for input {sorted(port.get_names())} (feeds: {sorted(feeds)})")
+            # a tensor owning a copy in the port's type: a later run() copies its feeds into it, so it must
+            # not share memory with the caller's array (or with one freed after this call is dropped)
+            array = np.ascontiguousarray(feeds[name], dtype=port.get_element_type().to_dtype())
+            request.set_tensor(port, ov.Tensor(array, shared_memory=False))
+        native = getattr(getattr(ov, "_pyopenvino", None), "InferRequest", None)
+        if native is not None and isinstance(request, native):
+            infer = native.infer
+            call = lambda: infer(request, {}, True, False)  # noqa: E731 - the timed call, nothing else
+        else:  # another binding layout: the public call (copies outputs)
+            call = request.infer
+        return BoundCall(call, engine_ms=lambda: request.latency)
 
     def close(self) -> None:
         self.request = None
