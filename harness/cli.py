@@ -177,28 +177,43 @@ def run_one_cli(model: str, backend: str, precision: str, *, json_out: bool = Fa
 
 
 def format_record(r: Record) -> str:
-    """A few human-readable lines about one record."""
+    """A few human-readable lines about one record (cosine with enough digits to tell 0.99997 from 1)."""
+
+    def metric(key: str, v: object) -> str:
+        if key == "cosine" and isinstance(v, int | float) and not isinstance(v, bool):
+            text = f"{float(v):.10f}".rstrip("0")  # every significant digit up to 1e-10: 0.99997, never "1"
+            return f"{key}={text}0" if text.endswith(".") else f"{key}={text}"
+        return f"{key}={v:.3g}" if isinstance(v, int | float) and not isinstance(v, bool) else f"{key}={v}"
+
     lines = [f"{r.case_id}: {r.status}" + (f" ({r.reason})" if r.reason else "")]
     if r.executed_precision:
         lines.append(f"  executed: {r.executed_precision} ({r.precision_match})   engine: {r.backend} "
                      f"{r.backend_version}   threads: {r.settings.get('threads', '?')}")
     if r.metrics:
-        lines.append("  error: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, int | float) else f"{k}={v}"
-                                             for k, v in r.metrics.items()))
+        lines.append("  error: " + ", ".join(metric(k, v) for k, v in r.metrics.items()))
     if r.artifact:
         lines.append(f"  artifact: {r.artifact} ({r.artifact_mb} MB)")
     if r.latency:
         lat = r.latency
         flag = "  UNSTABLE" if lat.get("unstable") else ""
+        engine = f"  engine's own p50 {lat['engine_p50_ms']:.3f}" if lat.get("engine_p50_ms") is not None else ""
         lines.append(f"  latency: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f}  p99 {lat['p99_ms']:.3f}  "
                      f"mean {lat['mean_ms']:.3f}  cv {lat['cv']:.3f}  n={lat['n']}  batch={lat.get('batch')}{flag}")
+        if lat.get("trials_p50_ms"):
+            lines.append("  trials p50: " + ", ".join(f"{v:.3f}" for v in lat["trials_p50_ms"])
+                         + f" ms{engine}   load {lat.get('load_1m')}")
+    elif "measure_error" in r.extra:
+        lines.append(f"  latency: not measured: {r.extra['measure_error']}")
     for t in r.throughput:
         lines.append(f"  throughput: batch {t['batch']}: {t['items_per_s']:.1f} items/s ({t['mode']})")
     if (roof := r.extra.get("roofline")) and "error" in roof:
         lines.append(f"  roofline: {roof['error']}")
     elif roof:
         lines.append(f"  roofline: {roof.get('gflops', 0):.4g} GFLOP/inference, {roof.get('achieved_gflop_s', 0):.1f}"
-                     f" GFLOP/s, {roof.get('fraction_of_peak', float('nan')):.1%} of {roof.get('peak_gflop_s')}")
-    if r.peak_rss_mb is not None:
+                     f" GFLOP/s, {roof.get('fraction_of_peak', float('nan')):.1%} of the "
+                     f"{roof.get('peak_precision', 'fp32')} peak {roof.get('peak_gflop_s')}")
+    if r.peak_rss_mb is not None and r.executed_precision:
         lines.append(f"  peak RSS of the case: {r.peak_rss_mb} MB")
+    if r.timings_s:
+        lines.append("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in r.timings_s.items()))
     return "\n".join(lines)
