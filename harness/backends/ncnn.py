@@ -114,7 +114,8 @@ class NcnnSession(Session):
         ncnn.set_omp_num_threads(int(self.settings.get("threads") or self.net.opt.num_threads))
         net = self.net
 
-        def call() -> None:
+        def call() -> list[Any]:
+            out: list[Any] = []
             for mats in items:
                 ex = net.create_extractor()
                 ex.set_light_mode(True)
@@ -123,10 +124,14 @@ class NcnnSession(Session):
                 for name, mat in mats:
                     if ex.input(name, mat) != 0:
                         raise RuntimeError(f"ncnn Extractor.input({name!r}) failed")
+                out = []
                 for name in outputs:
-                    if ex.extract(name)[0] != 0:
-                        raise RuntimeError(f"ncnn Extractor.extract({name!r}) failed")
+                    ret, mat = ex.extract(name)
+                    if ret != 0:
+                        raise RuntimeError(f"ncnn Extractor.extract({name!r}) returned {ret}")
+                    out.append(mat)  # the last item's outputs, for checks; Mats hold their own reference
                 ex.clear()
+            return out
 
         return BoundCall(call, keep=(keep, items, blobs, workspace))
 
