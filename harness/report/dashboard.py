@@ -208,32 +208,51 @@ def fastest(frame: pd.DataFrame, prefix: str) -> str:
     if perf.empty:
         return section(f"fastest-{prefix}", "Fastest accurate engine per model", intro,
                        note("no latency in these runs (verdicts only, e.g. --no-measure): nothing to rank"))
+    busy = perf[perf["load_1m"] > perf["cpus"]]
+    if len(busy):
+        intro += (f" {len(busy)} of {len(perf)} latencies were measured on a busy machine (1-minute load up to "
+                  f"{busy['load_1m'].max():.1f} on {busy['cpus'].max():g} CPUs): they carry other work's interference; "
+                  "compare engines within this run, not across machines.")
+    has_torch = bool(((perf["backend"] == "torch") & (perf["precision"] == "fp32")).any())
+    if not has_torch:
+        intro += " No PyTorch FP32 latency in these runs (run with --backend torch): no speed-up column."
     rows = []
     for r in figures.best_per_model(perf):
-        notes = [r.get("fallback_note", "")]
+        notes = [r.get("runner_up", ""), r.get("fallback_note", "")]
         if "best" not in r:
             notes.insert(0, "no passing case was timed")
         if r.get("unstable"):
-            notes.append(f"unstable measurement (CV {fmt(r.get('cv'))}, n {fmt(r.get('n'))})")
-        if "best" in r and math.isnan(r.get("speedup_vs_torch", math.nan)):
-            notes.append("no PyTorch FP32 latency to compare with")
+            notes.append(f"unstable (CV {fmt(r.get('cv'))})")
+        if "best" in r and has_torch and math.isnan(r.get("speedup_vs_torch", math.nan)):
+            notes.append("no PyTorch FP32 latency for this model")
         rows.append({**r, "note": "; ".join(n for n in notes if n)})
     return section(f"fastest-{prefix}", "Fastest accurate engine per model", intro,
                    table(FASTEST_COLUMNS, rows, f"{prefix}-fastest"))
 
 
-def with_causes(runs: Runs, frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with a ``cause`` column, read from the records when the loaded frame does not carry one."""
-    if "cause" in frame.columns:
+RECORD_FIELDS = {"cause": "", "load_1m": math.nan, "cpus": math.nan}
+"""Record fields the views need beyond ``load.record_row``'s columns (read from the records if absent)."""
+
+
+def with_record_fields(runs: Runs, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``cause``, ``load_1m`` and ``cpus`` columns, read from the records when it lacks them."""
+    missing = [k for k in RECORD_FIELDS if k not in frame.columns]
+    if not missing:
         return frame
     from harness.results import read_records
 
-    causes: dict[tuple[str, str, str], str] = {}
+    def num(value: Any) -> float:
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
     for info in runs.runs.values():
         for rec in read_records(info.path):
-            causes[(rec.run_id or info.run_id, rec.test_id or rec.case_id, rec.suite)] = rec.cause or ""
-    keys = zip(frame["run_id"], frame["test_id"], frame["suite"], strict=True)
-    return frame.assign(cause=[causes.get(k, "") for k in keys])
+            lat = rec.latency or {}
+            found[(rec.run_id or info.run_id, rec.test_id or rec.case_id, rec.suite)] = {
+                "cause": rec.cause or "", "load_1m": num(lat.get("load_1m")), "cpus": num(lat.get("cpus"))}
+    keys = list(zip(frame["run_id"], frame["test_id"], frame["suite"], strict=True))
+    return frame.assign(**{k: [found.get(key, RECORD_FIELDS).get(k, RECORD_FIELDS[k]) for key in keys]
+                           for k in missing})
 
 
 FAILURE_COLUMNS = [
@@ -308,7 +327,7 @@ def machine_block(runs: Runs, machine: str, index: int) -> str:
     """Every view of one machine's records."""
     frame = runs.for_machine(machine)
     prefix = f"m{index}"
-    frame = with_causes(runs, frame)
+    frame = with_record_fields(runs, frame)
     parts = [f'<div class="machine" data-machine="{esc(machine)}" data-index="{index}">',
              f'<div class="machine-title">Machine {esc(machine)}</div>', fastest(frame, prefix),
              header(runs, machine, frame, prefix), conformance(frame, prefix), failures(frame, prefix),

@@ -71,6 +71,11 @@ def best_per_model(perf: pd.DataFrame) -> list[dict[str, Any]]:
                          n=best["n"], unstable=bool(best["unstable"]), speedup_vs_torch=best["speedup_vs_torch"],
                          cosine=best["cosine"], max_abs=best["max_abs"], artifact_mb=best["artifact_mb"],
                          peak_rss_mb=best["peak_rss_mb"], torch_fp32_p50=best["torch_fp32_p50"])
+        if len(ok) > 1:
+            second = ok.drop(index=ok["p50_ms"].idxmin())
+            second = second.loc[second["p50_ms"].idxmin()]
+            entry["runner_up"] = (f"next: {second['backend']} {second['precision']} {fmt(second['p50_ms'])} ms "
+                                  f"({second['p50_ms'] / best['p50_ms']:.2f}x)")
         if fast_fb is not None and (best is None or fast_fb["p50_ms"] < best["p50_ms"]):
             entry["fallback_note"] = (f"{fast_fb['backend']} {fast_fb['precision']} is faster ({fmt(fast_fb['p50_ms'])}"
                                       f" ms) but a FALLBACK: executed {fast_fb['executed_precision'] or 'unknown'}")

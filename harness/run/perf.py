@@ -67,8 +67,10 @@ def measure_case(req: CaseRequest, spec: ModelSpec, session: Session, record: Re
     latencies = trials(session, plan, measure)
     latency = latencies[batch]
     threads = session.settings.get("threads", req.threads)
-    lat = {**latency.as_dict(), "threads": threads, "batch": batch, "load_1m": _load_1m(), "trials": measure.trials,
-           "timed": timed_path(session), "isolated": measure.isolated}
+    load, cpus = _load_1m(), _usable_cpus()
+    lat = {**latency.as_dict(), "threads": threads, "batch": batch, "load_1m": load, "cpus": cpus,
+           "busy": load is not None and load > cpus, "trials": measure.trials, "timed": timed_path(session),
+           "isolated": measure.isolated}
     throughput = [{"batch": b, "items_per_s": round(b * 1000.0 / lat_b.mean_ms, 3), "p50_ms": lat_b.p50_ms,
                    "mode": "sync", "unstable": lat_b.unstable, "trials_p50_ms": list(lat_b.trials_p50_ms)}
                   for b, lat_b in latencies.items() if b in sweep]
@@ -173,6 +175,11 @@ def _load_1m() -> float | None:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on: a 1-minute load above it means the cores were shared while timing."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def batch_size(spec: ModelSpec, feeds: Mapping[str, np.ndarray]) -> int:
