@@ -8,9 +8,7 @@ measurements; every error says what exists.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
-import math
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -18,11 +16,12 @@ from pathlib import Path
 from typing import IO
 
 from harness import backends
-from harness.core.errors import HarnessError, UnknownNameError
+from harness.core.errors import HarnessError
 from harness.core.options import CaseRequest, MeasureOptions
 from harness.core.record import Record
 from harness.core.types import Precision, Status
 from harness.exec.supervisor import run_in_subprocess
+from harness.selection import check_selection, check_threads, check_timeout, load_zoo_files
 
 
 def _cmd_backends(args: argparse.Namespace) -> int:
@@ -83,96 +82,6 @@ def _reading(command: str, work: Callable[[], int]) -> int:
     return code
 
 
-# ------------------------------------------------ option checks (shared with the pytest plugin): HarnessError
-
-
-def check_threads(threads: int | None) -> int | None:
-    """``--threads``: None (the CPUs this process may use) or a positive count."""
-    if threads is not None and threads < 1:
-        raise HarnessError(f"--threads {threads}: expected a positive number of engine threads "
-                           "(omit it to use the CPUs this process may use)")
-    return threads
-
-
-def check_timeout(seconds: float, option: str) -> float:
-    """A time limit: positive and finite (0 would fail every case, nan or inf would disable the limit)."""
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise HarnessError(f"{option} {seconds:g}: expected a positive, finite number of seconds, e.g. {option} 600")
-    return seconds
-
-
-def load_zoo_files(paths: Sequence[str]) -> list[str]:
-    """Import each ``--zoo-file`` (trusted code); return the names they registered.
-
-    Errors name the file: ``load_zoo_file`` reports exceptions with their line; a file that calls
-    ``sys.exit`` while being imported (a script, not a zoo file) would otherwise end the whole process.
-    """
-    from model_zoo import load_zoo_file
-
-    added: list[str] = []
-    for path in paths:
-        try:
-            added += load_zoo_file(path)
-        except SystemExit as exc:
-            file = Path(path).expanduser().resolve()
-            for name, mod in list(sys.modules.items()):  # forget the half-imported module: a retry must run it
-                if getattr(mod, "__file__", None) == str(file):
-                    del sys.modules[name]
-            raise HarnessError(f"--zoo-file {file}: importing it called sys.exit({exc.code!r}); a zoo file must only "
-                               "define and register models (put script code under "
-                               "`if __name__ == \"__main__\":`)") from None
-    return added
-
-
-def check_selection(patterns: Sequence[str], tags: Sequence[str], option: str = "--model",
-                    onnx_cases: bool = True) -> None:
-    """Every model pattern and tag must select something: a typo must be an error, never a green run of nothing.
-
-    Explicit names must exist (the error suggests close ones); a wildcard pattern must match a zoo model
-    or, with ``onnx_cases``, an ONNX backend test case id (the ONNX conformance suite selects by id).
-    """
-    from model_zoo import get_model, list_models
-    from model_zoo.listing import unavailable_models
-
-    zoo = list_models("*")
-    unavailable = unavailable_models()
-    for pattern in patterns:
-        if not any(c in pattern for c in "*?["):
-            try:
-                get_model(pattern)  # unknown: the error lists what exists; unavailable: says what to install
-            except UnknownNameError:
-                if not (onnx_cases and pattern in _onnx_case_names()):
-                    raise
-    known_tags = sorted({t for n in zoo for t in get_model(n).tags})
-    for tag in tags:
-        if tag not in known_tags:
-            raise HarnessError(f"--tag {tag!r}: no model of the zoo carries it; known tags: {', '.join(known_tags)}")
-    where = "the zoo" + (" or the ONNX backend test cases" if onnx_cases else "")
-    for pattern in patterns:
-        if list_models([pattern]) or (onnx_cases and fnmatch.filter(_onnx_case_names(), pattern)):
-            continue
-        if hits := fnmatch.filter(unavailable, pattern):
-            raise HarnessError(f"{option} {pattern!r} matches only models that cannot be built here: "
-                               + "; ".join(f"{n}: {unavailable[n]}" for n in hits))
-        raise HarnessError(f"{option} {pattern!r} matches nothing in {where}. Zoo models: {', '.join(zoo)}"
-                           + ("; ONNX cases are selected by id, e.g. 'node-test_conv*'" if onnx_cases else ""))
-    if tags and not list_models(patterns or ["*"], tags) and not (onnx_cases and any(
-            fnmatch.filter(_onnx_case_names(), p) for p in patterns)):
-        matched = ", ".join(list_models(patterns or ["*"]))
-        raise HarnessError(f"{option} {' '.join(patterns or ['*'])} with --tag {' '.join(tags)} selects no model: "
-                           f"none of the models matched ({matched}) carries every tag")
-
-
-def _onnx_case_names() -> list[str]:
-    """Ids of ONNX's backend test cases (and the zoo names of its light models); none without onnx."""
-    import importlib.util
-
-    if importlib.util.find_spec("onnx") is None:
-        return []
-    from harness.model.onnx_files import discover
-
-    cases = discover()
-    return [c.id for c in cases] + [f"light_{c.name.removeprefix('test_')}" for c in cases if c.case_set == "light"]
 
 
 def _check_output(path: str | Path, example: str) -> Path:
@@ -360,30 +269,45 @@ def run_one_cli(model: str, backend: str, precision: str, *, json_out: bool = Fa
 
 
 def format_record(r: Record) -> str:
-    """A few human-readable lines about one record."""
+    """A few human-readable lines about one record (cosine with enough digits to tell 0.99997 from 1)."""
+
+    def metric(key: str, v: object) -> str:
+        if key == "cosine" and isinstance(v, int | float) and not isinstance(v, bool):
+            text = f"{float(v):.10f}".rstrip("0")  # every significant digit up to 1e-10: 0.99997, never "1"
+            return f"{key}={text}0" if text.endswith(".") else f"{key}={text}"
+        return f"{key}={v:.3g}" if isinstance(v, int | float) and not isinstance(v, bool) else f"{key}={v}"
+
     lines = [f"{r.case_id}: {r.status}" + (f" ({r.reason})" if r.reason else "")]
     if r.executed_precision:
         lines.append(f"  executed: {r.executed_precision} ({r.precision_match})   engine: {r.backend} "
                      f"{r.backend_version}   threads: {r.settings.get('threads', '?')}")
     if r.metrics:
-        lines.append("  error: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, int | float) else f"{k}={v}"
-                                             for k, v in r.metrics.items()))
+        lines.append("  error: " + ", ".join(metric(k, v) for k, v in r.metrics.items()))
     if r.artifact:
         lines.append(f"  artifact: {r.artifact} ({r.artifact_mb} MB)")
     if r.latency:
         lat = r.latency
         flag = "  UNSTABLE" if lat.get("unstable") else ""
+        engine = f"  engine's own p50 {lat['engine_p50_ms']:.3f}" if lat.get("engine_p50_ms") is not None else ""
         lines.append(f"  latency: p50 {lat['p50_ms']:.3f} ms  p90 {lat['p90_ms']:.3f}  p99 {lat['p99_ms']:.3f}  "
                      f"mean {lat['mean_ms']:.3f}  cv {lat['cv']:.3f}  n={lat['n']}  batch={lat.get('batch')}{flag}")
+        if lat.get("trials_p50_ms"):
+            lines.append("  trials p50: " + ", ".join(f"{v:.3f}" for v in lat["trials_p50_ms"])
+                         + f" ms{engine}   load {lat.get('load_1m')}")
+    elif "measure_error" in r.extra:
+        lines.append(f"  latency: not measured: {r.extra['measure_error']}")
     for t in r.throughput:
         lines.append(f"  throughput: batch {t['batch']}: {t['items_per_s']:.1f} items/s ({t['mode']})")
     if (roof := r.extra.get("roofline")) and "error" in roof:
         lines.append(f"  roofline: {roof['error']}")
     elif roof:
         lines.append(f"  roofline: {roof.get('gflops', 0):.4g} GFLOP/inference, {roof.get('achieved_gflop_s', 0):.1f}"
-                     f" GFLOP/s, {roof.get('fraction_of_peak', float('nan')):.1%} of {roof.get('peak_gflop_s')}")
-    if r.peak_rss_mb is not None:
+                     f" GFLOP/s, {roof.get('fraction_of_peak', float('nan')):.1%} of the "
+                     f"{roof.get('peak_precision', 'fp32')} peak {roof.get('peak_gflop_s')}")
+    if r.peak_rss_mb is not None and r.executed_precision:
         lines.append(f"  peak RSS of the case: {r.peak_rss_mb} MB")
+    if r.timings_s:
+        lines.append("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in r.timings_s.items()))
     return "\n".join(lines)
 
 

@@ -48,6 +48,10 @@ class HarnessConfig:
     shard: tuple[int, int] | None
     report: bool
     measure: MeasureOptions
+    """The perf suite's timing options (``--bench``, ``--batch``): isolated, with a throughput sweep."""
+    quick_measure: MeasureOptions | None = None
+    """Every passing conformance case's latency: quick and in the shared child (``--bench``: the perf
+    suite's options without the sweep; ``--no-measure``: None, verdicts only)."""
     prepared: bool = False
     records: list[Record] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
@@ -86,7 +90,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="ONNX conformance case ids, shell wildcards (repeatable), e.g. 'node-test_conv*'")
     group.addoption("--no-report", action="store_true", help="do not write the HTML report at the end")
     group.addoption("--bench", action="store_true",
-                    help="longer, steadier measurements in perf suites (min 5 s and 50 iterations per case)")
+                    help="rigorous latency: every measured case alone in a fresh process, 5 trials, min 5 s and "
+                         "50 calls (default: a quick 0.3 s / 15-call latency of every passing conformance case)")
+    group.addoption("--no-measure", action="store_true",
+                    help="verdicts only: no latency for conformance cases (the perf suite still measures)")
     group.addoption("--batch", default=None, metavar="SIZES",
                     help="batch sizes for the throughput sweep in perf suites, e.g. 1,8 (default: 1 and the "
                          "model's declared batch sizes)")
@@ -101,7 +108,7 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "restrict the cases a suite test is parametrized over")
     opt = config.option
     try:  # every usage error stops the session here: exit 4 with the message, before anything runs
-        from harness.cli import check_selection, check_threads, check_timeout, load_zoo_files
+        from harness.selection import check_selection, check_threads, check_timeout, load_zoo_files
 
         load_zoo_files(opt.zoo_file)
         check_selection(opt.model, opt.tag)
@@ -121,7 +128,8 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id = getattr(config, "workerinput", {}).get("harness_run_id") or opt.run_id or new_run_id()
     shard = _parse_shard(opt.shard) if opt.shard else None
     batches = _parse_batches(opt.batch) if opt.batch else None
-    measure = (MeasureOptions.bench if opt.bench else MeasureOptions.quick)(batches=batches)
+    measure = (MeasureOptions.bench if opt.bench else MeasureOptions.standard)(batches=batches)
+    quick = None if opt.no_measure else MeasureOptions.bench(batches=()) if opt.bench else MeasureOptions.quick()
     try:
         store = ResultStore(opt.results_dir, run_id)
     except ValueError as exc:
@@ -132,6 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
         zoo_files=tuple(str(Path(f).resolve()) for f in opt.zoo_file),
         store=store, threads=opt.threads, in_process=opt.in_process,
         case_timeout_s=opt.case_timeout, shard=shard, report=not opt.no_report, measure=measure,
+        quick_measure=quick,
     )
 
 
@@ -337,8 +346,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for line in status_table(records).splitlines():
             tr.write_line(line)
     tr.write_line(f"records: {hc.store.records_path} ({len(records)} records)")
+    from harness.run.case import phase_totals
+
     try:
-        hc.store.write_run_info(finished_at=time.time(), records=len(records), exitstatus=int(exitstatus))
+        hc.store.write_run_info(finished_at=time.time(), records=len(records), exitstatus=int(exitstatus),
+                                phases_s=phase_totals(records))
     except OSError as exc:
         tr.write_line(f"run.json: not updated ({exc}); the records above are on disk", red=True)
     if hc.report and records:

@@ -11,7 +11,7 @@ they never run). Layers, lowest first (see README, Layout):
     harness.report    -> core, results (and its data modules never import its views)
     harness.run       -> everything above
     harness.exec      -> core, run, results
-    faces             harness (package), cli, pytest_plugin, summary: anything
+    faces             harness (package), cli, pytest_plugin, selection, summary: anything
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
     "harness.run": {"harness.core", "harness.model", "harness.results", "harness.backends", "model_zoo"},
     "harness.exec": {"harness.core", "harness.run", "harness.results"},
 }
-FACES = {"harness", "harness.cli", "harness.pytest_plugin", "harness.summary"}
+FACES = {"harness", "harness.cli", "harness.pytest_plugin", "harness.selection", "harness.summary"}
 CORE_THIRD_PARTY = {"numpy", "torch", "packaging"}
 """What harness.core may import beyond the standard library (torch only inside ModelSpec.build)."""
 REPORT_VIEWS = {"harness.report.page", "harness.report.dashboard", "harness.report.compare_view",

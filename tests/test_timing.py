@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from harness.run.timing import RECORD_SAMPLES, Latency, bare_loop_ms, measure, summarize, thin
+from harness.run.timing import RECORD_SAMPLES, Latency, bare_loop_ms, combine, measure, summarize, thin
 
 SLEEP_S = 0.005
 
@@ -108,3 +108,61 @@ def test_empty_or_invalid_input_raises():
 
 def test_bare_loop_matches_known_duration():
     assert 5.0 <= bare_loop_ms(lambda: time.sleep(SLEEP_S), iterations=10, warmup=0) <= 15.0
+
+
+def test_engine_times_are_read_after_each_timed_call_outside_the_timed_region():
+    reads = []
+
+    def engine_ms():
+        time.sleep(SLEEP_S)  # slow to read: must not land in the wall-clock samples
+        reads.append(1)
+        return 0.5
+
+    lat = measure(lambda: None, min_time_s=0.0, min_iterations=10, warmup=2, engine_ms=engine_ms)
+    assert len(reads) == lat.n == 10  # once per timed call, never during warm-up
+    assert lat.p50_ms < 1.0
+    assert lat.engine_p50_ms == 0.5
+    assert lat.as_dict()["engine_p50_ms"] == 0.5
+    assert "engine_p50_ms" not in measure(lambda: None, min_time_s=0.0, min_iterations=3, warmup=0).as_dict()
+
+
+def test_trials_combine_all_samples_and_keep_each_median():
+    fast = summarize([1_000_000] * 20, elapsed_s=0.02)
+    slow = summarize([1_050_000] * 20, elapsed_s=0.022)
+    both = combine([fast, slow, fast])
+    assert both.n == 60
+    assert both.trials_p50_ms == (1.0, 1.05, 1.0)
+    assert both.as_dict()["trials_p50_ms"] == [1.0, 1.05, 1.0]
+    assert both.p50_ms == 1.0
+    assert both.elapsed_s == pytest.approx(0.062)
+    assert not both.unstable  # the trials agree within 10 %
+
+
+def test_trials_that_disagree_are_unstable_even_when_each_is_steady():
+    """A drift no single trial shows (each has CV 0) still flags the measurement."""
+    steady = [summarize([v] * 30) for v in (1_000_000, 1_000_000, 1_300_000)]
+    assert not any(t.unstable for t in steady)
+    assert combine(steady, cv_threshold=0.1).unstable
+    with pytest.raises(ValueError, match="no trials"):
+        combine([])
+
+
+def test_a_single_measurement_has_one_trial_median():
+    lat = measure(lambda: time.sleep(0.001), min_time_s=0.0, min_iterations=5, warmup=0)
+    assert lat.as_dict()["trials_p50_ms"] == [lat.p50_ms]
+
+
+def test_quick_bench_and_standard_options_split_totals_over_trials():
+    from harness.core.options import MeasureOptions
+
+    quick = MeasureOptions.quick()
+    assert (quick.isolated, quick.batches, quick.trials) == (False, (), 3)
+    per_trial = quick.timing_kwargs()
+    assert per_trial["min_time_s"] == pytest.approx(0.1)
+    assert per_trial["min_iterations"] * quick.trials >= quick.min_iterations
+    assert MeasureOptions.standard().isolated
+    bench = MeasureOptions.bench()
+    assert (bench.isolated, bench.trials, bench.min_time_s, bench.min_iterations) == (True, 5, 5.0, 50)
+    assert bench.timing_kwargs()["min_iterations"] == 10
+    with pytest.raises(ValueError, match="trials >= 1"):
+        MeasureOptions(trials=0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -66,6 +66,13 @@ class _TorchSession(Session):
 
     def after_run(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return outputs
+
+    def bind(self, feeds: Feeds) -> Callable[[], object]:
+        """``HARNESS_FAULT=raise@bind``: the timed call cannot be bound after a passing verdict (the record
+        must keep its verdict and say why it has no latency); otherwise ``run(feeds)``."""
+        if os.environ.get(FAULT_ENV) == "raise@bind":
+            raise RuntimeError(f"{FAULT_ENV}=raise@bind: injected failure binding the timed call")
+        return lambda: self.run(feeds)
 
 
 class _FaultBackend(Backend):

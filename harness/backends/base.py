@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,6 +20,23 @@ from harness.core.types import Feeds, Precision
 
 if TYPE_CHECKING:
     from harness.model.export import ExportedModel
+
+
+@dataclass(frozen=True)
+class BoundCall:
+    """What ``Session.bind`` returns: the native call, and the engine's own time of its last run where known.
+
+    ``keep`` holds what the call borrows (input buffers, output tensors, allocators) for as long as the
+    call lives. Callers time ``call`` directly (one Python frame less than calling the object).
+    """
+
+    call: Callable[[], object]
+    engine_ms: Callable[[], float] | None = None
+    """The engine's own measurement of the last ``call`` in milliseconds (read outside the timed region)."""
+    keep: tuple[Any, ...] = ()
+
+    def __call__(self) -> object:
+        return self.call()
 
 
 class Session(ABC):
@@ -39,6 +57,19 @@ class Session(ABC):
     @abstractmethod
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
         """Run synchronously on host arrays; return host arrays by output name."""
+
+    def bind(self, feeds: Feeds) -> Callable[[], object]:
+        """The engine's native call with ``feeds`` bound once: what latency measurements time.
+
+        Engines override it to move everything that is not inference out of the timed call
+        (input conversion and copies, output dicts), the way their own benchmark tools do, and
+        may return a ``BoundCall`` carrying the engine's own per-call time; what stays inside
+        the timed region per engine is listed in ``harness.run.perf``. A later ``bind`` may
+        replace an earlier one's bindings (one infer request / execution context per session):
+        bind again before timing a different set of feeds. The return value is ignored.
+        Default: ``run(feeds)`` (host arrays in, host arrays out).
+        """
+        return lambda: self.run(feeds)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engine resources."""

@@ -35,7 +35,7 @@ import numpy as np
 from harness.backends import _ncnn_quant_build as int8
 from harness.backends import _ncnn_tools as tools
 from harness.backends import _pnnx as pnnx
-from harness.backends.base import Backend, Session, missing_package_reason
+from harness.backends.base import Backend, BoundCall, Session, missing_package_reason
 from harness.core.cache import cached, feeds_digest
 from harness.core.errors import ConversionError, UnsupportedPrecision
 from harness.core.machine import module_version
@@ -100,6 +100,47 @@ class NcnnSession(Session):
         ex.clear()
         del mats, keep
         return outs
+
+    def bind(self, feeds: Feeds) -> BoundCall:
+        """The way benchncnn times a net: input Mats made once, one extractor per call (per batch item)
+        in light mode with pooled blob/workspace allocators, every output extracted and left in ncnn's
+        Mats; OpenMP with dynamic teams off and ``num_threads`` threads (``set_omp_dynamic(0)``,
+        ``set_omp_num_threads``: process-wide, as benchncnn sets them at start)."""
+        import ncnn
+
+        arrays = [np.asarray(feeds[t.name]) for t in self.inputs]
+        n = max((a.shape[0] for a in arrays if a.ndim), default=1)
+        keep = [[tools.as_mat_array(a[i if a.ndim and a.shape[0] > 1 else 0], t)
+                 for a, t in zip(arrays, self.inputs, strict=True)] for i in range(n)]
+        items = [[(f"in{k}", ncnn.Mat(x)) for k, x in enumerate(item)] for item in keep]  # Mats borrow `keep`
+        outputs = [f"out{k}" for k in range(len(self.output_names))]
+        blobs, workspace = ncnn.UnlockedPoolAllocator(), ncnn.PoolAllocator()
+        blobs.set_size_compare_ratio(0.0)  # benchncnn's ratios: exact-size blob reuse, loose workspace reuse
+        workspace.set_size_compare_ratio(0.5)
+        ncnn.set_omp_dynamic(0)
+        ncnn.set_omp_num_threads(int(self.settings.get("threads") or self.net.opt.num_threads))
+        net = self.net
+
+        def call() -> list[Any]:
+            out: list[Any] = []
+            for mats in items:
+                ex = net.create_extractor()
+                ex.set_light_mode(True)
+                ex.set_blob_allocator(blobs)
+                ex.set_workspace_allocator(workspace)
+                for name, mat in mats:
+                    if ex.input(name, mat) != 0:
+                        raise RuntimeError(f"ncnn Extractor.input({name!r}) failed")
+                out = []
+                for name in outputs:
+                    ret, mat = ex.extract(name)
+                    if ret != 0:
+                        raise RuntimeError(f"ncnn Extractor.extract({name!r}) returned {ret}")
+                    out.append(mat)  # the last item's outputs, for checks; Mats hold their own reference
+                ex.clear()
+            return out
+
+        return BoundCall(call, keep=(keep, items, blobs, workspace))
 
     def close(self) -> None:
         if self.net is not None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from harness.backends.base import Backend, Session
+from harness.backends.base import Backend, BoundCall, Session
 from harness.core.errors import UnsupportedPrecision
 from harness.core.machine import module_version
 from harness.core.precision import summarize
@@ -39,6 +39,25 @@ class TorchSession(Session):
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
         outs = run_torch(self.module, feeds, self.model.input_names, self.model.output_names, self.dtype)
         return {k: v.astype(np.float32) if v.dtype == np.float16 else v for k, v in outs.items()}
+
+    def bind(self, feeds: Feeds) -> BoundCall:
+        """Input tensors made (and cast to the session's dtype) once; the call is ``module(*tensors)`` under
+        ``inference_mode`` with the MHA fast path off, as in ``run`` (the graph the verdict checked)."""
+        import torch
+
+        from harness.model.reference import mha_fastpath_disabled
+
+        tensors = []
+        for name in self.model.input_names:
+            t = torch.from_numpy(np.ascontiguousarray(feeds[name]))
+            tensors.append(t.to(getattr(torch, self.dtype)) if self.dtype and t.is_floating_point() else t)
+        module = self.module
+
+        def call() -> object:
+            with torch.inference_mode(), mha_fastpath_disabled():
+                return module(*tensors)
+
+        return BoundCall(call, keep=(tensors,))
 
 
 class TorchBackend(Backend):

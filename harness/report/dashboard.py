@@ -12,12 +12,20 @@ import pandas as pd
 
 from harness.core.types import STATUS_ORDER
 from harness.report import figures, ops
-from harness.report.load import Runs, latest, load_runs
+from harness.report.load import Runs, latest, load_runs, sort_cases
 from harness.report.page import Column, figure, machine_selector, note, page, section, table, write_atomic
 from harness.report.text import esc, fmt
 
-VIEWS = [("run", "Run"), ("conformance", "Conformance"), ("latency", "Latency"), ("speedup", "Speed-up"),
-         ("tradeoff", "Trade-off"), ("memory", "Memory"), ("operators", "Operators")]
+VIEWS = [("fastest", "Fastest"), ("run", "Run"), ("conformance", "Conformance"), ("failures", "Failures"),
+         ("latency", "Latency"), ("speedup", "Speed-up"), ("tradeoff", "Trade-off"), ("memory", "Memory"),
+         ("time", "Time"), ("operators", "Operators")]
+CAUSE_ORDER = {"harness": (0, "ours: a harness bug, conversion recipe or API limit to fix"),
+               "engine": (1, "the engine's own error, crash or wrong numbers"),
+               "model": (2, "the model as written (untraceable, nondeterministic, frozen by tracing)"),
+               "environment": (3, "what this machine lacks (package, tool, GPU)"),
+               "": (4, "no cause recorded (records older than schema 2)")}
+PHASE_COLOURS = {"process_start": "#9aa3b2", "reference": "#c2410c", "export": "#a16207", "build": "#6d28d9",
+                 "compare": "#1d4ed8", "accuracy": "#0e7490", "measure": "#047857", "other": "#d1d5db"}
 
 
 def when(ts: float) -> str:
@@ -119,6 +127,7 @@ def conformance(frame: pd.DataFrame, prefix: str) -> str:
 
 PERF_COLUMNS = [
     Column("model", "model"), Column("backend", "backend"), Column("precision", "precision"),
+    Column("status", "status", status=True), Column("suite", "measured in"),
     Column("p50_ms", "p50 ms", numeric=True), Column("p90_ms", "p90 ms", numeric=True),
     Column("p99_ms", "p99 ms", numeric=True), Column("cv", "CV", numeric=True), Column("n", "n", numeric=True),
     Column("threads", "threads", numeric=True), Column("batch", "batch", numeric=True),
@@ -131,7 +140,7 @@ PERF_COLUMNS = [
 def performance(frame: pd.DataFrame, prefix: str) -> str:
     """Latency, speed-up, trade-off and memory sections (with a note where data is missing)."""
     models = frame[frame["suite"] != ops.SUITE]
-    perf = latest(models, with_latency=True)
+    perf = figures.perf_cases(models)
     parts = []
     if perf.empty:
         msg = ("no performance data: these runs are conformance-only (no latency was measured). Run the "
@@ -140,8 +149,10 @@ def performance(frame: pd.DataFrame, prefix: str) -> str:
             parts.append(section(f"{anchor}-{prefix}", title, "", note(msg)))
     else:
         sp = figures.speedups(perf)
-        parts.append(section(f"latency-{prefix}", "Latency", "Newest measurement of each case; hover for every "
-                             "percentile, CV, sample count, threads and batch.",
+        parts.append(section(f"latency-{prefix}", "Latency", "Per case: the perf suite's isolated measurement where "
+                             "there is one, else the quick latency the conformance suite took after the verdict "
+                             "(3 interleaved trials in the shared process). Hover for every percentile, CV, sample "
+                             "count, threads and batch. Cross-hatched: fallback (not the requested precision).",
                              figure(figures.latency(perf), f"{prefix}-latency")
                              + table(PERF_COLUMNS, sp.to_dict("records"), f"{prefix}-perf")))
         missing = sorted(set(perf["model"]) - set(perf.loc[(perf["backend"] == "torch")
@@ -156,7 +167,7 @@ def performance(frame: pd.DataFrame, prefix: str) -> str:
         else:
             body, intro = note("no PyTorch FP32 latency to compute speed-ups from"), ""
         parts.append(section(f"tradeoff-{prefix}", "Accuracy / speed / memory trade-off", intro, body))
-    mem = latest(models)
+    mem = figures.memory_cases(models)
     if mem["peak_rss_mb"].notna().any() or mem["artifact_mb"].notna().any():
         body = figure(figures.memory(mem), f"{prefix}-memory")
     else:
@@ -167,13 +178,150 @@ def performance(frame: pd.DataFrame, prefix: str) -> str:
     return "".join(parts)
 
 
+FASTEST_COLUMNS = [
+    Column("model", "model"), Column("best", "fastest passing engine"), Column("executed", "executed"),
+    Column("p50_ms", "p50 ms", numeric=True), Column("speedup_vs_torch", "x vs torch fp32", numeric=True),
+    Column("cosine", "cosine vs torch fp32", numeric=True, render=cosine_cell),
+    Column("max_abs", "max abs", numeric=True), Column("artifact_mb", "artifact MB", numeric=True),
+    Column("peak_rss_mb", "peak MB", numeric=True), Column("cv", "CV", numeric=True),
+    Column("passing", "passing cells timed", numeric=True), Column("note", "note", wide=True),
+]
+
+
+def fastest(frame: pd.DataFrame, prefix: str) -> str:
+    """The first screen: per model, the fastest (backend, precision) that passed, and whether it is accurate."""
+    perf = figures.perf_cases(frame[frame["suite"] != ops.SUITE])
+    intro = ("Per model, the fastest engine and precision whose outputs matched PyTorch FP32 within the model's "
+             "tolerance at the requested precision (status pass) on this machine: median latency, speed-up over "
+             "PyTorch FP32, cosine against PyTorch FP32, size on disk and peak memory. Fallbacks (the requested "
+             "precision did not execute) are never chosen; a faster one is named in the note.")
+    if perf.empty:
+        return section(f"fastest-{prefix}", "Fastest accurate engine per model", intro,
+                       note("no latency in these runs (verdicts only, e.g. --no-measure): nothing to rank"))
+    busy = perf[perf["load_1m"] > perf["cpus"]]
+    if len(busy):
+        intro += (f" {len(busy)} of {len(perf)} latencies were measured on a busy machine (1-minute load up to "
+                  f"{busy['load_1m'].max():.1f} on {busy['cpus'].max():g} CPUs): they carry other work's interference; "
+                  "compare engines within this run, not across machines.")
+    has_torch = bool(((perf["backend"] == "torch") & (perf["precision"] == "fp32")).any())
+    if not has_torch:
+        intro += " No PyTorch FP32 latency in these runs (run with --backend torch): no speed-up column."
+    rows = []
+    for r in figures.best_per_model(perf):
+        notes = [r.get("runner_up", ""), r.get("fallback_note", "")]
+        if "best" not in r:
+            notes.insert(0, "no passing case was timed")
+        if r.get("unstable"):
+            notes.append(f"unstable (CV {fmt(r.get('cv'))})")
+        if "best" in r and has_torch and math.isnan(r.get("speedup_vs_torch", math.nan)):
+            notes.append("no PyTorch FP32 latency for this model")
+        rows.append({**r, "note": "; ".join(n for n in notes if n)})
+    return section(f"fastest-{prefix}", "Fastest accurate engine per model", intro,
+                   table(FASTEST_COLUMNS, rows, f"{prefix}-fastest"))
+
+
+RECORD_FIELDS = {"cause": "", "load_1m": math.nan, "cpus": math.nan}
+"""Record fields the views need beyond ``load.record_row``'s columns (read from the records if absent)."""
+
+
+def with_record_fields(runs: Runs, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``cause``, ``load_1m`` and ``cpus`` columns, read from the records when it lacks them."""
+    missing = [k for k in RECORD_FIELDS if k not in frame.columns]
+    if not missing:
+        return frame
+    from harness.results import read_records
+
+    def num(value: Any) -> float:
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for info in runs.runs.values():
+        for rec in read_records(info.path):
+            lat = rec.latency or {}
+            found[(rec.run_id or info.run_id, rec.test_id or rec.case_id, rec.suite)] = {
+                "cause": rec.cause or "", "load_1m": num(lat.get("load_1m")), "cpus": num(lat.get("cpus"))}
+    keys = list(zip(frame["run_id"], frame["test_id"], frame["suite"], strict=True))
+    return frame.assign(**{k: [found.get(key, RECORD_FIELDS).get(k, RECORD_FIELDS[k]) for key in keys]
+                           for k in missing})
+
+
+FAILURE_COLUMNS = [
+    Column("status", "status", status=True), Column("model", "model"), Column("backend", "backend"),
+    Column("precision", "precision"), Column("suite", "suite"), Column("reason", "reason", wide=True),
+    Column("run_id", "run"),
+]
+
+
+def failures(frame: pd.DataFrame, prefix: str) -> str:
+    """One row per model case that did not pass, grouped by whom it is charged to, the reason in full."""
+    cases = latest(frame[frame["suite"] != ops.SUITE])
+    bad = cases[~cases["status"].isin(figures.TRUE_PASS)]
+    intro = ("Every model case whose newest verdict is not a pass, with the engine's or the harness's reason in "
+             "full, grouped by cause. The matrix above shows the same cells (hover for the evidence).")
+    if bad.empty:
+        return section(f"failures-{prefix}", "Failures by cause", intro, note("none: every case passed"))
+    parts = []
+    groups = sorted(bad.groupby(bad["cause"].fillna("")), key=lambda kv: CAUSE_ORDER.get(kv[0], (9, ""))[0])
+    for cause, rows in groups:
+        meaning = CAUSE_ORDER.get(cause, (9, "other"))[1]
+        records = []
+        for r in sort_cases(rows).to_dict("records"):
+            reason = r["reason"]
+            if r["known_reason"] and r["known_reason"] not in reason:
+                reason = f"known failure: {r['known_reason']}" + (f"; {reason}" if reason else "")
+            records.append({**r, "reason": reason})
+        parts.append(f"<h3>{esc(cause or 'unrecorded')} ({len(rows)}): {esc(meaning)}</h3>"
+                     + _badges(rows) + table(FAILURE_COLUMNS, records, f"{prefix}-fail-{cause or 'none'}"))
+    return section(f"failures-{prefix}", "Failures by cause", intro, "".join(parts))
+
+
+def _share_bar(row: dict[str, Any]) -> str:
+    total = row.get("total_s") or 0.0
+    if total <= 0:
+        return ""
+    cells = "".join(f'<span title="{esc(k)} {row[k]:.1f} s" style="display:inline-block;height:11px;'
+                    f'width:{100 * row[k] / total:.2f}%;background:{c}"></span>'
+                    for k, c in PHASE_COLOURS.items() if row.get(k))
+    return f'<span style="display:inline-block;width:260px;background:#eef1f6">{cells}</span>'
+
+
+def time_view(runs: Runs, machine: str, prefix: str) -> str:
+    """Where the time of the newest run went: seconds per phase by backend and by suite (``run.json``)."""
+    mine = sorted((r for r in runs.runs.values() if r.machine_id == machine and r.info.get("phases_s")),
+                  key=lambda r: r.started_at)
+    title = "Where the time went"
+    if not mine:
+        return section(f"time-{prefix}", title, "", note("no phase timings in these runs' run.json (written at "
+                                                          "the end of a pytest session by this harness version)"))
+    run = mine[-1]
+    phases = run.info["phases_s"]
+    cols = ([Column("group", "group"), Column("cases", "cases", numeric=True),
+             Column("total_s", "seconds", numeric=True), Column("bar", "share", render=lambda v: v)]
+            + [Column(k, k.replace("_", " ") + " s", numeric=True) for k in PHASE_COLOURS])
+    legend = " ".join(f'<span class="pill"><span style="display:inline-block;width:10px;height:10px;'
+                      f'background:{c}"></span> {esc(k.replace("_", " "))}</span>' for k, c in PHASE_COLOURS.items())
+    total = figures.phase_rows({"all": {"all": phases.get("total", {})}}, "all")
+    wall = run.finished_at - run.started_at if run.finished_at and run.started_at else math.nan
+    body = [f'<div class="badges">{legend}</div>', note(
+        f"Run {run.run_id}: {fmt(wall)} s from start to end of the session; case seconds below are summed over "
+        "cases (process start = spawning and importing a case's process; other = model and engine set-up).")]
+    for key, label in (("by_backend", "By backend"), ("by_suite", "By suite")):
+        rows = [{**r, "bar": _share_bar(r)} for r in figures.phase_rows(phases, key) + total]
+        body.append(f"<h3>{label}</h3>" + table(cols, rows, f"{prefix}-time-{key}"))
+    return section(f"time-{prefix}", title, "Seconds per phase of every case: process start, PyTorch reference, "
+                   "ONNX export, engine build (convert/quantize/compile), comparison, task metric, measurement.",
+                   "".join(body))
+
+
 def machine_block(runs: Runs, machine: str, index: int) -> str:
     """Every view of one machine's records."""
     frame = runs.for_machine(machine)
     prefix = f"m{index}"
+    frame = with_record_fields(runs, frame)
     parts = [f'<div class="machine" data-machine="{esc(machine)}" data-index="{index}">',
-             f'<div class="machine-title">Machine {esc(machine)}</div>',
-             header(runs, machine, frame, prefix), conformance(frame, prefix), performance(frame, prefix)]
+             f'<div class="machine-title">Machine {esc(machine)}</div>', fastest(frame, prefix),
+             header(runs, machine, frame, prefix), conformance(frame, prefix), failures(frame, prefix),
+             performance(frame, prefix), time_view(runs, machine, prefix)]
     board = ops.scoreboard(frame, prefix)
     if board:
         parts.append(section(f"operators-{prefix}", "Operator scoreboard (ONNX conformance)",

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from harness.core.types import STATUS_COLORS, STATUS_ORDER
-from harness.report.load import combos
+from harness.report.load import combos, latest, sort_cases
 from harness.report.text import fmt, pesc, pwrap
 
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, Helvetica, Arial, sans-serif", "size": 12}
@@ -25,6 +25,71 @@ _OTHER_HUES = [["#374151", "#6b7280", "#d1d5db"], ["#a16207", "#eab308", "#fde04
 _PRECISION_SHADE = {"fp32": 0, "fp16": 1, "bf16": 1, "int8": 2}
 PRECISION_SYMBOL = {"fp32": "circle", "fp16": "square", "bf16": "square-open", "int8": "diamond"}
 ERROR_FLOOR = 1e-9
+FALLBACK_PATTERN = "x"
+"""Bars of fallback cases (outputs matched, requested precision not executed) are cross-hatched everywhere."""
+TRUE_PASS = ("pass", "xpass")
+RAN = ("crash", "timeout")
+"""Statuses whose process ran the engine even without an executed precision (a crash may be the OOM killer)."""
+
+
+def perf_cases(frame: pd.DataFrame) -> pd.DataFrame:
+    """One latency row per (machine, model, backend, precision): the perf suite's isolated measurement where
+    there is one, else the newest quick one of another suite (the conformance suite times every passing case)."""
+    timed = latest(frame, with_latency=True)
+    if timed.empty:
+        return timed
+    timed = timed.assign(_perf=(timed["suite"] == "perf").astype(int))
+    timed = timed.sort_values(["_perf", "started_at"], kind="stable")
+    timed = timed.drop_duplicates(["machine_id", "model", "backend", "precision"], keep="last")
+    return sort_cases(timed.drop(columns="_perf"))
+
+
+def memory_cases(frame: pd.DataFrame) -> pd.DataFrame:
+    """The newest record of each case with peak memory kept only where the engine ran: a case that was skipped
+    or unsupported never loaded anything, so the idle process's few MB are not its memory."""
+    cases = latest(frame)
+    ran = (cases["executed_precision"] != "") | cases["status"].isin(RAN)
+    return cases.assign(peak_rss_mb=cases["peak_rss_mb"].where(ran))
+
+
+def best_per_model(perf: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per model: the fastest true pass (backend, precision) with its p50, speed-up over PyTorch FP32, cosine and
+    size, plus the fastest fallback when it is faster still (outputs matched but the requested precision did
+    not run: not a deployment choice)."""
+    sp = speedups(perf)
+    out = []
+    for model in sorted(sp["model"].unique()):
+        rows = sp[sp["model"] == model]
+        ok = rows[rows["status"].isin(TRUE_PASS)]
+        best = ok.loc[ok["p50_ms"].idxmin()] if len(ok) else None
+        fb = rows[rows["status"] == "fallback"]
+        fast_fb = fb.loc[fb["p50_ms"].idxmin()] if len(fb) else None
+        entry: dict[str, Any] = {"model": model, "timed": len(rows), "passing": len(ok)}
+        if best is not None:
+            entry.update(best=f"{best['backend']} {best['precision']}", status=best["status"],
+                         executed=best["executed_precision"], p50_ms=best["p50_ms"], cv=best["cv"],
+                         n=best["n"], unstable=bool(best["unstable"]), speedup_vs_torch=best["speedup_vs_torch"],
+                         cosine=best["cosine"], max_abs=best["max_abs"], artifact_mb=best["artifact_mb"],
+                         peak_rss_mb=best["peak_rss_mb"], torch_fp32_p50=best["torch_fp32_p50"])
+        if len(ok) > 1:
+            second = ok.drop(index=ok["p50_ms"].idxmin())
+            second = second.loc[second["p50_ms"].idxmin()]
+            entry["runner_up"] = (f"next: {second['backend']} {second['precision']} {fmt(second['p50_ms'])} ms "
+                                  f"({second['p50_ms'] / best['p50_ms']:.2f}x)")
+        if fast_fb is not None and (best is None or fast_fb["p50_ms"] < best["p50_ms"]):
+            entry["fallback_note"] = (f"{fast_fb['backend']} {fast_fb['precision']} is faster ({fmt(fast_fb['p50_ms'])}"
+                                      f" ms) but a FALLBACK: executed {fast_fb['executed_precision'] or 'unknown'}")
+        out.append(entry)
+    return out
+
+
+def phase_rows(phases: dict[str, Any], key: str = "by_backend") -> list[dict[str, Any]]:
+    """Rows of ``run.json``'s ``phases_s[key]`` (seconds per phase per suite or backend), largest total first."""
+    rows = []
+    for name, bucket in (phases.get(key) or {}).items():
+        seconds = {k: float(v) for k, v in bucket.items() if k != "cases" and isinstance(v, int | float)}
+        rows.append({"group": name, "cases": bucket.get("cases"), "total_s": sum(seconds.values()), **seconds})
+    return sorted(rows, key=lambda r: -r["total_s"])
 
 
 def combo_label(backend: str, precision: str) -> str:
@@ -131,6 +196,8 @@ def _perf_hover(r: Any) -> str:
              f"p50 {fmt(r.p50_ms)} ms   p90 {fmt(r.p90_ms)} ms   p99 {fmt(r.p99_ms)} ms",
              f"min {fmt(r.min_ms)} ms   mean {fmt(r.mean_ms)} ms   CV {fmt(r.cv)}   n {fmt(r.n)}",
              f"threads {fmt(r.threads)}   batch {fmt(r.batch)}   executed {pesc(r.executed_precision)}"]
+    if r.status == "fallback":
+        lines.append("<b>FALLBACK</b>: outputs match, the requested precision did not execute")
     if r.unstable:
         lines.append("<b>UNSTABLE measurement</b> (high variation): do not read as a fact")
     if not math.isnan(r.peak_rss_mb):
@@ -153,8 +220,8 @@ def latency(perf: pd.DataFrame) -> Any:
         colour = combo_color(b, p)
         fig.add_trace(go.Bar(
             x=xs, y=sub["p50_ms"], width=width * 0.92, name=combo_label(b, p), legendgroup=f"{b}|{p}",
-            marker={"color": colour, "pattern": {"shape": ["/" if r.unstable else "" for r in rows],
-                                                 "fgcolor": "#222"}},
+            marker={"color": colour, "pattern": {"shape": [FALLBACK_PATTERN if r.status == "fallback" else "/"
+                                                           if r.unstable else "" for r in rows], "fgcolor": "#222"}},
             error_y={"type": "data", "symmetric": False, "array": (sub["p99_ms"] - sub["p50_ms"]).clip(lower=0),
                      "arrayminus": [0] * len(sub), "thickness": 1.2, "width": 3, "color": "#333"},
             hovertext=[_perf_hover(r) for r in rows], hovertemplate="%{hovertext}<extra></extra>"))
@@ -164,7 +231,7 @@ def latency(perf: pd.DataFrame) -> Any:
     lo = perf["p50_ms"].min()
     hi = perf["p99_ms"].max()
     log = bool(lo > 0 and hi / lo > 30)
-    _layout(fig, "Latency per call: bar = p50, tick = p90, whisker = p99 (hatched = unstable)", 470,
+    _layout(fig, "Latency per call: bar = p50, tick = p90, whisker = p99 (/ = unstable, x = fallback)", 470,
             barmode="overlay", legend={"title": {"text": "backend precision"}})
     _model_axis(fig, models)
     fig.update_yaxes(title_text="latency, ms" + (" (log scale)" if log else ""), type="log" if log else "linear")
@@ -206,18 +273,22 @@ def speedup(perf: pd.DataFrame) -> Any:
             values += list(s[col])
             hover = [f"<b>{pesc(r.model)}</b>  {combo_label(b, p)}<br>speed-up <b>{getattr(r, col):.2f}x</b>"
                      f"<br>p50 {fmt(r.p50_ms)} ms vs {pesc(ref_name)} {fmt(getattr(r, ref))} ms"
+                     + ("<br><b>FALLBACK</b>: executed " + pesc(r.executed_precision or "unknown")
+                        if r.status == "fallback" else "")
                      + ("<br><b>unstable</b> measurement" if r.unstable else "") for r in s.itertuples()]
             fig.add_trace(go.Bar(
                 x=[models.index(m) + off for m in s["model"]], y=s[col], width=width * 0.92,
                 name=combo_label(b, p), legendgroup=f"{b}|{p}", showlegend=(b, p) not in shown,
-                marker={"color": combo_color(b, p)}, hovertext=hover, hovertemplate="%{hovertext}<extra></extra>"),
-                row=row, col=1)
+                marker={"color": combo_color(b, p), "pattern": {
+                    "shape": [FALLBACK_PATTERN if st == "fallback" else "" for st in s["status"]], "fgcolor": "#222"}},
+                hovertext=hover, hovertemplate="%{hovertext}<extra></extra>"), row=row, col=1)
             shown.add((b, p))
     for row in (1, 2):
         fig.add_hline(y=1, line={"color": "#444", "width": 1, "dash": "dash"}, row=row, col=1)
     finite = [v for v in values if v and math.isfinite(v) and v > 0]
     log = bool(finite and max(finite) / min(finite) > 12)
-    _layout(fig, "Speed-up (ratio of p50 latencies)", 640, barmode="overlay",
+    _layout(fig, "Speed-up (ratio of p50 latencies; x-hatched = fallback, not the requested precision)", 640,
+            barmode="overlay",
             legend={"title": {"text": "backend precision"}})
     for axis in ("xaxis", "xaxis2"):
         fig.layout[axis].update(tickvals=list(range(len(models))), ticktext=[pesc(m) for m in models],
@@ -249,13 +320,16 @@ def tradeoff(perf: pd.DataFrame) -> tuple[Any, str]:
         s = sp[sp["backend"] == b]
         hover = [f"<b>{pesc(r.model)}</b>  {combo_label(r.backend, r.precision)}<br>speed-up vs torch fp32 "
                  f"{r.speedup_vs_torch:.2f}x<br>error {fmt(r.error)}   cosine {r.cosine:.6f}<br>peak memory "
-                 f"{fmt(r.peak_rss_mb)} MB   status {pesc(r.status)}" for r in s.itertuples()]
+                 f"{fmt(r.peak_rss_mb)} MB   status {pesc(r.status)}"
+                 + ("  <b>FALLBACK</b> (orange outline)" if r.status == "fallback" else "") for r in s.itertuples()]
         fig.add_trace(go.Scatter(
             x=s["speedup_vs_torch"], y=s["error"], mode="markers", name=pesc(b),
             marker={"size": s["peak_rss_mb"].fillna(mem.min() if len(mem) else 10.0), "sizemode": "area",
                     "sizeref": sizeref, "sizemin": 5, "color": backend_color(b), "opacity": 0.8,
                     "symbol": [PRECISION_SYMBOL.get(p, "circle") for p in s["precision"]],
-                    "line": {"width": 1, "color": "#222"}},
+                    "line": {"width": [3 if st == "fallback" else 1 for st in s["status"]],
+                             "color": [STATUS_COLORS["fallback"] if st == "fallback" else "#222"
+                                       for st in s["status"]]}},
             hovertext=hover, hovertemplate="%{hovertext}<extra></extra>"))
     _layout(fig, "Trade-off: error vs speed-up (marker area = peak memory; circle fp32, square fp16, "
             "diamond int8)", 520, legend={"title": {"text": "backend"}})

@@ -15,10 +15,11 @@ op/opset is not implemented), one while running it is ``error``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -119,9 +120,52 @@ def _known(state: _State, record: Record) -> Record:
                    known_failure={"reason": known.reason, "link": known.link})
 
 
-def _clock(timings: dict[str, float], key: str) -> Callable[[], None]:
+PHASES = ("reference", "export", "build", "compare", "accuracy", "measure")
+"""``Record.timings_s`` keys, in case order: PyTorch (or shipped) reference outputs, ONNX export, the engine's
+build (convert, quantize, compile), comparison runs, task metric, latency measurement. Recorded also when the
+phase fails; time outside them (model and backend set-up) is ``duration_s`` minus their sum."""
+
+
+def phase_totals(records: list[Record]) -> dict[str, Any]:
+    """Seconds per phase summed over ``records`` (``run.json``'s ``phases_s``): in total, by suite and by backend.
+
+    ``process_start`` is the supervisor's time outside the case (spawning a child, its imports, hand-over:
+    ``extra['worker']['overhead_s']``); ``other`` is case time outside the named phases (model and backend
+    set-up); ``cases`` counts the records.
+    """
+    groups: dict[str, dict[str, dict[str, float]]] = {"total": {}, "by_suite": {}, "by_backend": {}}
+
+    def add(bucket: dict[str, float], rec: Record) -> None:
+        named = {k: float(v) for k, v in rec.timings_s.items() if isinstance(v, int | float)}
+        for key, value in named.items():
+            bucket[key] = bucket.get(key, 0.0) + value
+        start = (rec.extra.get("worker") or {}).get("overhead_s")
+        if isinstance(start, int | float):
+            bucket["process_start"] = bucket.get("process_start", 0.0) + max(float(start), 0.0)
+        bucket["other"] = bucket.get("other", 0.0) + max(float(rec.duration_s or 0.0) - sum(named.values()), 0.0)
+        bucket["cases"] = bucket.get("cases", 0) + 1
+
+    for rec in records:
+        add(groups["total"].setdefault("all", {}), rec)
+        add(groups["by_suite"].setdefault(rec.suite, {}), rec)
+        add(groups["by_backend"].setdefault(rec.backend, {}), rec)
+
+    def rounded(bucket: dict[str, float]) -> dict[str, float]:
+        return {k: (int(v) if k == "cases" else round(v, 3)) for k, v in bucket.items()}
+
+    return {"total": rounded(groups["total"].get("all", {})),
+            "by_suite": {k: rounded(v) for k, v in sorted(groups["by_suite"].items())},
+            "by_backend": {k: rounded(v) for k, v in sorted(groups["by_backend"].items())}}
+
+
+@contextlib.contextmanager
+def _phase(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds spent in the block to ``timings[key]``, also when it raises."""
     start = time.perf_counter()
-    return lambda: timings.__setitem__(key, round(time.perf_counter() - start, 4))
+    try:
+        yield
+    finally:
+        timings[key] = round(timings.get(key, 0.0) + time.perf_counter() - start, 4)
 
 
 def _resolve(req: CaseRequest) -> ModelSpec:
@@ -150,38 +194,34 @@ def _run(req: CaseRequest, state: _State, timings: dict[str, float], workdir: Pa
     if (why := backend.unsupported_reason(model, req.precision)) is not None:
         return replace(base, status=Status.UNSUPPORTED.value, reason=why, cause=Cause.ENGINE.value)
 
-    done = _clock(timings, "reference")
-    sets, ref32, ref64 = _references(spec, model, req.precision)
-    done()
+    with _phase(timings, "reference"):
+        sets, ref32, ref64 = _references(spec, model, req.precision)
     export_info: dict[str, Any] = {}
     if backend.needs_onnx:
-        done = _clock(timings, "export")
-        export_info = model.onnx.as_dict()
-        done()
-    calibration = calibration_set(spec) if req.precision is Precision.INT8 else None
-    work = workdir or model.cache_dir / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    done = _clock(timings, "build")
-    try:
-        session = backend.load(model, req.precision, work, calibration)
-    except HarnessError:
-        raise
-    except Exception as exc:  # the engine's own error while parsing/compiling/quantizing
-        raise ConversionError(f"{backend.name} could not build the model: {type(exc).__name__}: {first_line(exc)}",
-                              detail=str(exc)) from exc
-    done()
+        with _phase(timings, "export"):
+            export_info = model.onnx.as_dict()
+    with _phase(timings, "build"):
+        calibration = calibration_set(spec) if req.precision is Precision.INT8 else None
+        work = workdir or model.cache_dir / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            session = backend.load(model, req.precision, work, calibration)
+        except HarnessError:
+            raise
+        except Exception as exc:  # the engine's own error while parsing/compiling/quantizing
+            raise ConversionError(f"{backend.name} could not build the model: {type(exc).__name__}: "
+                                  f"{first_line(exc)}", detail=str(exc)) from exc
     with session:
-        done = _clock(timings, "compare")
         compare_fn = compare_strict if spec.golden is not None else compare
         tol = spec.tolerance(req.precision)
         results: list[CompareResult] = []
-        for s in sets:
-            try:
-                out = session.run(s.feeds)
-            except Exception as exc:
-                raise _RunFailed(s.name, exc) from exc
-            results.append(compare_fn(ref32[s.name], out, tol, fp64_ref=ref64[s.name]))
-        done()
+        with _phase(timings, "compare"):
+            for s in sets:
+                try:
+                    out = session.run(s.feeds)
+                except Exception as exc:
+                    raise _RunFailed(s.name, exc) from exc
+                results.append(compare_fn(ref32[s.name], out, tol, fp64_ref=ref64[s.name]))
         result = merge(results)
         executed = session.executed_precision
         record = replace(
@@ -201,14 +241,22 @@ def _run(req: CaseRequest, state: _State, timings: dict[str, float], workdir: Pa
             reference_itself = backend.name == REFERENCE_BACKEND and req.precision is Precision.FP32
             record = replace(record, cause=(Cause.MODEL if reference_itself else Cause.ENGINE).value)
         if req.accuracy and spec.evaluate is not None:
-            done = _clock(timings, "accuracy")
-            record = replace(record, accuracy=float(spec.evaluate(session.run)))
-            done()
+            with _phase(timings, "accuracy"):
+                record = replace(record, accuracy=float(spec.evaluate(session.run)))
         if req.measure is not None and Status(record.status).passing:
-            from harness.run import perf
-
-            record = perf.measure_case(req, spec, session, record)
+            with _phase(timings, "measure"):
+                record = _measure(req, spec, session, record)
     return _known(state, record)
+
+
+def _measure(req: CaseRequest, spec: ModelSpec, session: Any, record: Record) -> Record:
+    """Latency, throughput and roofline of a passing case; a failure to measure keeps the verdict and says why."""
+    from harness.run import perf
+
+    try:
+        return perf.measure_case(req, spec, session, record)
+    except Exception as exc:  # the verdict stands; the missing latency is explained in the record
+        return replace(record, extra={**record.extra, "measure_error": _describe(exc)})
 
 
 def _references(spec: ModelSpec, model: ExportedModel, precision: Precision,

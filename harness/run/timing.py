@@ -5,6 +5,13 @@ nanoseconds of overhead, negligible against an inference call), so the
 percentiles are of single calls, the way ``benchmark_app -api sync`` reports
 them. A measurement whose coefficient of variation exceeds ``cv_threshold`` is
 flagged ``unstable``: reported, never presented as a fact.
+
+A case is timed in several independent trials (``combine``): the record keeps
+each trial's median (``trials_p50_ms``, what regression statistics compare) and
+the statistics of all samples together. Where the engine reports its own time
+of a call (OpenVINO's ``request.latency``, CUDA events around TensorRT's
+``execute_async_v3``), it is collected beside the wall-clock samples
+(``engine_p50_ms``), outside the timed region.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +43,15 @@ class Latency:
     elapsed_s: float
     samples_ms: tuple[float, ...]
     unstable: bool
+    trials_p50_ms: tuple[float, ...] = ()
+    """Median of each independent trial (one entry when measured in one loop)."""
+    engine_samples_ms: tuple[float, ...] = ()
+    """The engine's own time of each timed call, where it reports one (same order as ``samples_ms``)."""
+
+    @property
+    def engine_p50_ms(self) -> float | None:
+        """Median of the engine's own per-call times (None when the engine reports none)."""
+        return round(float(np.median(self.engine_samples_ms)), 6) if self.engine_samples_ms else None
 
     @property
     def items_per_s(self) -> float:
@@ -44,12 +60,15 @@ class Latency:
 
     def as_dict(self) -> dict[str, Any]:
         """The record's ``latency`` dict (samples capped at RECORD_SAMPLES)."""
-        return {
+        out = {
             "p50_ms": self.p50_ms, "p90_ms": self.p90_ms, "p99_ms": self.p99_ms, "mean_ms": self.mean_ms,
             "stdev_ms": self.stdev_ms, "cv": self.cv, "min_ms": self.min_ms, "n": self.n,
             "elapsed_s": self.elapsed_s, "samples_ms": list(thin(self.samples_ms, RECORD_SAMPLES)),
-            "unstable": self.unstable,
+            "unstable": self.unstable, "trials_p50_ms": list(self.trials_p50_ms or (self.p50_ms,)),
         }
+        if self.engine_samples_ms:
+            out["engine_p50_ms"] = self.engine_p50_ms
+        return out
 
 
 def thin(samples: tuple[float, ...] | list[float], count: int) -> tuple[float, ...]:
@@ -60,8 +79,9 @@ def thin(samples: tuple[float, ...] | list[float], count: int) -> tuple[float, .
     return tuple(samples[i] for i in idx)
 
 
-def summarize(samples_ns: list[int] | np.ndarray, *, elapsed_s: float = 0.0, cv_threshold: float = 0.1) -> Latency:
-    """Latency statistics of per-call durations given in nanoseconds."""
+def summarize(samples_ns: list[int] | np.ndarray, *, elapsed_s: float = 0.0, cv_threshold: float = 0.1,
+              engine_ms: list[float] | tuple[float, ...] = ()) -> Latency:
+    """Latency statistics of per-call durations given in nanoseconds (``engine_ms``: the engine's own times)."""
     ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
     if ms.size == 0:
         raise ValueError("no samples to summarize: the timed loop ran zero calls")
@@ -73,8 +93,26 @@ def summarize(samples_ns: list[int] | np.ndarray, *, elapsed_s: float = 0.0, cv_
         p50_ms=round(p50, 6), p90_ms=round(p90, 6), p99_ms=round(p99, 6), mean_ms=round(mean, 6),
         stdev_ms=round(stdev, 6), cv=round(cv, 5), min_ms=round(float(ms.min()), 6), n=int(ms.size),
         elapsed_s=round(elapsed_s, 4), samples_ms=tuple(round(float(v), 6) for v in ms),
-        unstable=bool(cv > cv_threshold),
+        unstable=bool(cv > cv_threshold), trials_p50_ms=(round(p50, 6),),
+        engine_samples_ms=tuple(round(float(v), 6) for v in engine_ms),
     )
+
+
+def combine(trials: list[Latency] | tuple[Latency, ...], *, cv_threshold: float = 0.1) -> Latency:
+    """One Latency of several independent trials: statistics of all their samples, each trial's median kept.
+
+    ``unstable`` when the samples together vary beyond ``cv_threshold`` or when the trials' medians
+    disagree by more than it (a slow drift that no single trial shows).
+    """
+    if not trials:
+        raise ValueError("no trials to combine: measure at least one")
+    samples_ns = [round(v * 1e6) for t in trials for v in t.samples_ms]
+    engine = [v for t in trials for v in t.engine_samples_ms] if all(t.engine_samples_ms for t in trials) else []
+    out = summarize(samples_ns, elapsed_s=sum(t.elapsed_s for t in trials), cv_threshold=cv_threshold,
+                    engine_ms=engine)
+    medians = tuple(t.p50_ms for t in trials)
+    spread = (max(medians) - min(medians)) / float(np.median(medians)) if len(medians) > 1 else 0.0
+    return replace(out, trials_p50_ms=medians, unstable=out.unstable or spread > cv_threshold)
 
 
 def measure(
@@ -86,6 +124,7 @@ def measure(
     max_samples: int = 1000,
     cv_threshold: float = 0.1,
     sync: Callable[[], object] | None = None,
+    engine_ms: Callable[[], float] | None = None,
 ) -> Latency:
     """Time ``fn`` synchronously, one sample per call.
 
@@ -100,6 +139,8 @@ def measure(
         cv_threshold: ``unstable`` is set when stdev/mean exceeds it.
         sync: called inside the timed region after ``fn`` (device backends: wait for the
             device so the sample covers the work, not only the launch).
+        engine_ms: called after each timed call, outside the timed region: the engine's own
+            time of that call in milliseconds (``BoundCall.engine_ms``).
     """
     if min_iterations < 1:
         raise ValueError(f"min_iterations must be >= 1, got {min_iterations}")
@@ -110,6 +151,7 @@ def measure(
     cap = max(max_samples, min_iterations)
     min_time_ns = int(min_time_s * 1e9)
     samples: list[int] = []
+    engine: list[float] = []
     clock = time.perf_counter_ns
     start = clock()
     while True:
@@ -119,10 +161,12 @@ def measure(
             sync()
         t1 = clock()
         samples.append(t1 - t0)
+        if engine_ms is not None:
+            engine.append(float(engine_ms()))
         n = len(samples)
         if n >= min_iterations and (t1 - start >= min_time_ns or n >= cap):
             break
-    return summarize(samples, elapsed_s=(clock() - start) / 1e9, cv_threshold=cv_threshold)
+    return summarize(samples, elapsed_s=(clock() - start) / 1e9, cv_threshold=cv_threshold, engine_ms=engine)
 
 
 def bare_loop_ms(fn: Callable[[], object], iterations: int, warmup: int = 3) -> float:
