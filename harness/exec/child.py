@@ -168,7 +168,8 @@ def _run_measured(run_case: Callable[[CaseRequest], Record], req: CaseRequest) -
         record = run_case(req)  # engine errors become statuses inside; only native faults get past it
         usage = mem.stop()
     memory = {**record.extra.get("memory", {}), "child": usage.as_dict()}
-    peak = record.peak_rss_mb if record.peak_rss_mb is not None else usage.delta_mb
+    ran = record.status not in ("skipped", "unsupported")  # a case that never ran has no memory figure
+    peak = record.peak_rss_mb if record.peak_rss_mb is not None else (usage.delta_mb if ran else None)
     return dataclasses.replace(record, peak_rss_mb=peak, extra={**record.extra, "memory": memory})
 
 

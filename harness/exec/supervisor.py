@@ -20,13 +20,14 @@ a child SIGKILLs its process group and every process below it; after an unclean
 end (crash, kill) its half-done ``.build-*`` cache builds are deleted too.
 
 A fresh child costs about 2.5 s before its case starts (mostly ``import torch``),
-more than a tiny model's whole case, so unmeasured cases (conformance, accuracy,
-ONNX operator cases) run one after another in the same child until it crashes,
-times out, the environment changes (``PYTEST_CURRENT_TEST`` excepted), or
-``HARNESS_WORKER_CASES`` (default 200) cases have run; ``HARNESS_WORKER_CASES=1``
+more than a tiny model's whole case, so cases (conformance with its quick latency,
+accuracy, ONNX operator cases) run one after another in the same child until it
+crashes, times out, the environment changes (``PYTEST_CURRENT_TEST`` excepted), its
+resident memory passes ``HARNESS_WORKER_MAX_RSS_MB`` (default 4096), or
+``HARNESS_WORKER_CASES`` (default 2000) cases have run; ``HARNESS_WORKER_CASES=1``
 gives every case a fresh child. Between cases the child restores torch's global
-state, the environment and the working directory (``harness.exec.child``). A
-measured case (perf: latency, memory) always runs in a fresh child, alone.
+state, the environment and the working directory (``harness.exec.child``). An
+isolated measurement (the perf suite, ``--bench``) always runs in a fresh child, alone.
 
 Memory is measured in the child: it resets the kernel's RSS high-water mark once
 its imports are done and reads it after the case (``harness.run.memory``). The
@@ -41,7 +42,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -55,18 +55,17 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.cache import cache_root
-from harness.core.machine import machine_id
 from harness.core.options import CaseRequest, request_to_json
 from harness.core.record import Record
-from harness.core.types import Cause, Status
+from harness.exec import outcome
 from harness.exec.child import remove_stale_builds
 
-TAIL_LINES = 25
 DUMP_GRACE_S = 2.0
-STARTUP_LIMIT_S = 300.0
 EXIT_GRACE_S = 2.0
 REUSE_ENV = "HARNESS_WORKER_CASES"  # conformance cases one child may run in sequence; 1 = a fresh child per case
-DEFAULT_CASES_PER_CHILD = 200
+DEFAULT_CASES_PER_CHILD = 2000
+MAX_RSS_ENV = "HARNESS_WORKER_MAX_RSS_MB"  # a reused child past this resident size is replaced
+DEFAULT_MAX_RSS_MB = 4096.0
 CHILD_ENV_DEFAULTS = {"ORT_DISABLE_TELEMETRY": "1"}  # ONNX Runtime's documented opt-out of its 1DS telemetry
 
 
@@ -78,24 +77,26 @@ def run_in_subprocess(case: CaseRequest, timeout_s: float = 600.0) -> Record:
 
     ``timeout_s`` limits the case itself: the clock starts when the child has finished its
     imports and received the request (interpreter and torch start-up are harness overhead,
-    limited separately by ``max(timeout_s, STARTUP_LIMIT_S)``). A measured case (``measure``
-    set) always gets a fresh child; conformance cases reuse the previous conformance case's
-    child while it is healthy (see the module docstring).
+    limited separately by ``max(timeout_s, outcome.STARTUP_LIMIT_S)``). An isolated measurement always
+    gets a fresh child; other cases reuse the previous case's child while it is healthy (see the
+    module docstring).
     """
     from harness.run.memory import child_peak_mb, peak_rss_mb
 
     started = time.time()
     parent_peak = round(peak_rss_mb(), 1)
     t0 = time.perf_counter()
-    child = _IDLE.take(reusable=case.measure is None) or _Child()
+    shared = case.measure is None or not case.measure.isolated  # only an isolated measurement needs a fresh child
+    child = _IDLE.take(reusable=shared) or _Child()
     keep = False
     try:
         index = child.send(case)
         timed_out = child.wait(timeout_s)
         end = time.perf_counter()
-        record = None if timed_out else _read_record(child.case_dir(index) / "record.json")
-        log_tail = _tail(child.dir / "child.log") if record is None else ""
-        keep = record is not None and case.measure is None and child.alive() and child.cases < _max_cases()
+        record = None if timed_out else outcome.read_record(child.case_dir(index) / "record.json")
+        log_tail = outcome.tail(child.dir / "child.log") if record is None else ""
+        keep = record is not None and shared and child.alive() and child.cases < _max_cases() and \
+            _rss_mb(child.proc.pid) < float(os.environ.get(MAX_RSS_ENV, DEFAULT_MAX_RSS_MB))
     finally:
         if keep:
             _IDLE.put(child)
@@ -105,13 +106,24 @@ def run_in_subprocess(case: CaseRequest, timeout_s: float = 600.0) -> Record:
     rusage = child.reaper.rusage
     child_peak = round(child_peak_mb(rusage), 1) if rusage is not None else None
     if record is None:
-        record = _failure_record(case, started, wall_s, child.reaper.status, timed_out, timeout_s, log_tail, child_peak)
+        record = outcome.failure_record(case, started, wall_s, child.reaper.status, timed_out, timeout_s, log_tail, child_peak)
     case_start = child.case_started_at
     worker = {**record.extra.get("worker", {}), "wall_s": round(wall_s, 3), "case_index": index,
               "case_s": round(end - case_start, 3) if case_start is not None else None,
               "overhead_s": round(wall_s - record.duration_s, 3), "ru_maxrss_mb": child_peak,
               "parent_peak_rss_mb": parent_peak}
     return dataclasses.replace(record, extra={**record.extra, "worker": worker})
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (0 where /proc cannot tell: the count limit still applies)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 def _max_cases() -> int:
@@ -184,7 +196,7 @@ class _Child:
         """Wait for the current case; None when it ended by itself, else "startup" or "case" (killed)."""
         timed_out: str | None = None
         try:
-            startup_left = max(timeout_s, STARTUP_LIMIT_S) - (time.perf_counter() - self.spawned_at)
+            startup_left = max(timeout_s, outcome.STARTUP_LIMIT_S) - (time.perf_counter() - self.spawned_at)
             if not self.messages.wait_for(lambda m: m.ready_at is not None, startup_left):
                 timed_out = "startup"
             elif (begin := self.case_started_at) is not None:
@@ -334,59 +346,4 @@ def _ps_process(pid: int) -> Any:
     except psutil.Error:
         return None
 
-
-def _tail(path: Path, lines: int = TAIL_LINES) -> str:
-    """The last lines of the child's output; a faulthandler dump keeps its header (which thread, why)."""
-    try:
-        text = path.read_bytes()[-16384:].decode(errors="replace")
-    except OSError:
-        return ""
-    keep = [ln for ln in text.splitlines() if ln.strip()]
-    tail = keep[-lines:]
-    headers = [ln for ln in keep[: len(keep) - len(tail)] if ln.startswith(_DUMP_HEADERS)]
-    return "\n".join(([headers[-1], "  ..."] if headers else []) + tail)
-
-
-_DUMP_HEADERS = ("Fatal Python error", "Current thread 0x", "Thread 0x")
-
-
-def _read_record(path: Path) -> Record | None:
-    try:
-        return Record.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _failure_record(case: CaseRequest, started: float, wall_s: float, status: int | None, timed_out: str | None,
-                    timeout_s: float, log_tail: str, child_peak: float | None) -> Record:
-    """The record of a child that died, hung, or exited without writing its record."""
-    from harness.run.case import canonical_backend
-
-    backend = canonical_backend(case.backend)
-    tail = f"; last output of the child:\n{log_tail}" if log_tail else "; the child printed nothing"
-    sig = os.WTERMSIG(status) if status is not None and os.WIFSIGNALED(status) else None
-    cause = Cause.ENGINE  # native code died or hung while the case ran: the engine's (or torch's) code
-    if timed_out == "startup":
-        cause = Cause.HARNESS
-        code, reason = Status.TIMEOUT, (f"the case's process did not finish its imports within "
-                                        f"{max(timeout_s, STARTUP_LIMIT_S):g} s; it was killed{tail}")
-    elif timed_out:
-        code, reason = Status.TIMEOUT, (f"exceeded the per-case time limit of {timeout_s:g} s (--case-timeout); "
-                                        f"the child's process group was killed{tail}")
-    elif sig is not None:
-        name = signal.Signals(sig).name
-        hint = (" (not sent by the harness: likely the kernel's OOM killer; "
-                f"child ru_maxrss {child_peak} MB)") if sig == signal.SIGKILL else ""
-        code, reason = Status.CRASH, f"the case's process was killed by {name} (signal {sig}){hint}{tail}"
-    else:
-        exit_code = os.waitstatus_to_exitcode(status) if status is not None else None
-        # a Python traceback means the worker itself failed (a harness fault); else native code exited
-        code = Status.ERROR if "Traceback (most recent call last)" in log_tail else Status.CRASH
-        cause = Cause.HARNESS if code is Status.ERROR else Cause.ENGINE
-        reason = f"the case's process exited with code {exit_code} without writing a record{tail}"
-    return Record(run_id=case.run_id, model=case.model, backend=backend, precision=case.precision.value,
-                  status=code.value, suite=case.suite, reason=reason, cause=cause.value,
-                  test_id=case.test_id or case.case_id, machine_id=machine_id(), started_at=started,
-                  duration_s=round(wall_s, 3),
-                  extra={"signal": signal.Signals(sig).name} if sig else {})
 

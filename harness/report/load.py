@@ -18,7 +18,8 @@ CASE_KEY = ["machine_id", "model", "backend", "precision", "suite"]
 """Columns that identify one case on one machine (across runs)."""
 
 
-LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "cv", "min_ms", "n", "threads", "batch")
+LATENCY_FIELDS = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "cv", "min_ms", "n", "threads", "batch",
+                  "load_1m", "cpus")
 
 
 @dataclass(frozen=True)

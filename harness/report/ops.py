@@ -13,12 +13,14 @@ from harness.report.page import Column, figure, note, table
 from harness.report.text import esc, pesc
 
 SUITE = "onnx_conformance"
+NOT_RUN = frozenset({"skipped", "unsupported"})
 _SCALE = [[0.0, "#f08a84"], [0.5, "#f7d57a"], [0.8, "#c5e39a"], [1.0, "#7fcb92"]]  # light: dark text reads
 
 
 def op_rows(frame: pd.DataFrame, *, per_op: bool = True) -> pd.DataFrame:
-    """One row per (record, op type), or per record; no op types count as ``(unknown)``; skips excluded."""
-    frame = frame[(frame["suite"] == SUITE) & (frame["status"] != "skipped")]
+    """One row per (record, op type), or per record; no op types count as ``(unknown)``; cases not run
+    (skipped, or unsupported by the engine: not implemented is not wrong) excluded."""
+    frame = frame[(frame["suite"] == SUITE) & ~frame["status"].isin(NOT_RUN)]
     rows = []
     for r in frame.itertuples():
         for op in (r.op_types or ["(unknown)"]) if per_op else [", ".join(r.op_types)]:
@@ -78,16 +80,18 @@ def scoreboard(frame: pd.DataFrame, prefix: str) -> str:
         return ""
     if rows.empty:
         return note("every operator test was skipped")
-    per_engine = recs[recs["status"] != "skipped"].groupby("backend")["status"].agg(
+    not_run = recs[recs["status"].isin(NOT_RUN)].groupby("backend")["status"].count()
+    per_engine = recs[~recs["status"].isin(NOT_RUN)].groupby("backend")["status"].agg(
         passed=lambda s: int(s.isin(PASSING).sum()), total="count")
     summary = " ".join(
-        f'<span class="pill">{esc(b)}: {int(v.passed)}/{int(v.total)} tests ({v.passed / v.total:.0%})</span>'
+        f'<span class="pill">{esc(b)}: {int(v.passed)}/{int(v.total)} run tests pass ({v.passed / v.total:.0%}); '
+        f'{int(not_run.get(b, 0))} not run (unsupported/skipped)</span>'
         for b, v in per_engine.iterrows())
     parts = [f'<div class="badges">{summary}</div>',
              figure(_rate_heatmap(rows, "op", "Pass rate by operator type and engine", "op"), f"{prefix}-ops"),
              figure(_rate_heatmap(op_rows(frame, per_op=False), "opset",
                                   "Pass rate by opset and engine", "opset"), f"{prefix}-opsets")]
-    failing = recs[~recs["status"].isin(PASSING | {"skipped"})]
+    failing = recs[~recs["status"].isin(PASSING | NOT_RUN)]
     cols = [Column("test", "test"), Column("ops", "op types"), Column("opset", "opset", numeric=True),
             Column("backend", "engine"), Column("status", "status", status=True),
             Column("reason", "engine error", wide=True)]
