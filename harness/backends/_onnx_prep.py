@@ -5,9 +5,10 @@ initializer as a graph input. ONNX Runtime treats such inputs as overridable,
 and once ``quant_pre_process`` folds or deduplicates initializers they become
 required inputs ("Required inputs (['conv4_b_0__SHAPE', ...]) are missing");
 pnnx takes ``graph.input[0]`` as the model input and stops ("expect [16]f32").
-ORT ships ``onnxruntime.tools.remove_initializer_from_input`` for exactly this
-(it refuses IR < 4, the first IR where initializers need not be inputs, so the
-IR is raised to 4 first: opset 9 is valid at IR 4).
+ORT ships ``onnxruntime.tools.remove_initializer_from_input`` for exactly this;
+``drop_initializer_inputs`` does the same (so the ncnn path needs no ORT), raising
+the IR to 4 first, the first IR where initializers need not be inputs (opset 9 is
+valid at IR 4), as that tool requires.
 
 Per-channel Q/DQ needs ``DequantizeLinear``'s ``axis`` (opset >= 13), and pnnx
 reads an opset < 13 ``Softmax`` without ``axis`` as ``dim=-1`` (opset 13's
@@ -31,10 +32,11 @@ def drop_initializer_inputs(model: Any) -> Any:
     """``model`` with its initializers removed from ``graph.input`` (IR raised to 4 where lower)."""
     if not initializers_as_inputs(model):
         return model
-    from onnxruntime.tools.remove_initializer_from_input import remove_initializer_from_input
-
     model.ir_version = max(model.ir_version, 4)
-    remove_initializer_from_input(model)
+    inits = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in inits]
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
     return model
 
 
@@ -64,7 +66,7 @@ def prepared(src: Path, out: Path, *, min_opset: int | None = None) -> tuple[Pat
     steps = []
     if initializers_as_inputs(model):
         model = drop_initializer_inputs(model)
-        steps.append("initializers removed from graph inputs (onnxruntime.tools.remove_initializer_from_input)")
+        steps.append("initializers removed from graph inputs (as onnxruntime.tools.remove_initializer_from_input)")
     if min_opset is not None and opset_of(model) < min_opset:
         before = opset_of(model)
         model = upgrade_opset(model, min_opset)

@@ -45,7 +45,7 @@ def engine_versions() -> dict[str, str]:
     from harness.core.machine import module_version
 
     dists = ["torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino", "nncf", "ncnn", "pnnx",
-             "tensorrt", "onnxconverter-common", "onnxsim"]
+             "tensorrt", "onnxscript", "sentence-transformers"]
     return {d: v for d in dists if (v := module_version(d)) != "not installed"}
 
 
