@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,10 @@ from harness.model.inputs import calibration_set, input_sets
 from harness.model.reference import run_torch
 from harness.run.case import run_case
 from model_zoo import digits, get_model
+
+needs_ort = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -65,6 +71,7 @@ def test_calibration_and_input_sets_are_domain_data():
     assert {"held-out-0", "held-out-batch-6", "random[batch=4]"} <= set(names)
 
 
+@needs_ort
 def test_int8_keeps_99_percent_of_fp32_accuracy_on_ort():
     fp32 = run_case(CaseRequest("digits_cnn", "ort", Precision.FP32, accuracy=True))
     int8 = run_case(CaseRequest("digits_cnn", "ort", Precision.INT8, accuracy=True))

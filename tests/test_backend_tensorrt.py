@@ -24,6 +24,11 @@ from harness.core.types import Precision, TensorSpec
 if TYPE_CHECKING:
     from harness.model.export import ExportedModel
 
+needs_ort = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
+
+
 EXACT_NOT_INSTALLED = ("trt: Python package 'tensorrt' not installed (pip install -e '.[trt]'; "
                        "needs an NVIDIA GPU with CUDA)")
 EXACT_NO_DEVICE = "trt: no CUDA device visible (torch.cuda.is_available() is False / cudaGetDeviceCount=0)"
@@ -327,6 +332,7 @@ def resnet_tiny(tmp_path_factory: pytest.TempPathFactory) -> ExportedModel:
     return ExportedModel(get_model("resnet_tiny"), root=tmp_path_factory.mktemp("trt-cache"))
 
 
+@needs_ort
 def test_qdq_onnx_is_what_tensorrt_accepts_and_stays_accurate(resnet_tiny: ExportedModel, tmp_path: Path) -> None:
     import onnx
     import onnxruntime as ort

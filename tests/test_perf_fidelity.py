@@ -208,7 +208,7 @@ def test_perf_suite_records_latency_trials_throughput_memory_and_roofline(tmp_pa
 
 
 def test_perf_suite_refuses_xdist(tmp_path):
-    pytest.importorskip("xdist")
+    pytest.importorskip("xdist", reason="pytest-xdist not installed (extra 'dev')")
     proc = run_perf_suite(tmp_path, "-n", "2")
     assert proc.returncode != 0
     assert "cannot share the CPU with other tests: run it without pytest-xdist" in proc.stdout

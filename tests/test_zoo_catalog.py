@@ -18,6 +18,10 @@ from harness.run.case import run_case
 from model_zoo import catalog, get_model, listing
 from model_zoo.registry import _MODELS, _UNAVAILABLE, ModelUnavailable
 
+needs_ort = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
+
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
@@ -71,6 +75,7 @@ def fake_torchvision(monkeypatch):
         del _MODELS[name]
 
 
+@needs_ort
 def test_resolver_builds_a_runnable_spec_with_random_weights(fake_torchvision):
     spec = get_model("torchvision:tinynet")
     assert spec.inputs[0].shape == ("batch", 3, 224, 224)

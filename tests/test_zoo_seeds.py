@@ -17,6 +17,10 @@ from harness.run.case import run_case
 from model_zoo import get_model, list_models
 from model_zoo import seeds as seeds_module
 
+needs_ort = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _cache(tmp_path_factory):
@@ -38,6 +42,7 @@ def _ops(graph) -> Counter:
 # -- srcnn_dynamic / srcnn_item -----------------------------------------------------------------------------------
 
 
+@needs_ort
 def test_srcnn_dynamic_resize_takes_its_scales_from_the_factor_input():
     graph = _graph(ExportedModel(get_model("srcnn_dynamic")))
     resize = next(n for n in graph.node if n.op_type == "Resize")
@@ -47,12 +52,14 @@ def test_srcnn_dynamic_resize_takes_its_scales_from_the_factor_input():
     assert [i.name for i in graph.input] == ["input", "factor"]
 
 
+@needs_ort
 def test_srcnn_dynamic_matches_torch_at_factors_other_than_the_export_one():
     record = run_case(CaseRequest("srcnn_dynamic", "ort", Precision.FP32))
     assert record.status == "pass", record.reason
     assert {f"factor-{f}-16x16" for f in seeds_module.OTHER_FACTORS} <= set(record.input_sets)
 
 
+@needs_ort
 def test_srcnn_item_freezes_the_factor_and_is_reported_as_known_failure():
     spec = get_model("srcnn_item")
     model = ExportedModel(spec)
@@ -74,6 +81,7 @@ def test_srcnn_item_is_correct_in_torch_eager():
 # -- loops -------------------------------------------------------------------------------------------------------
 
 
+@needs_ort
 def test_traced_loop_is_unrolled_and_scripted_loop_keeps_a_loop_node():
     traced = _ops(_graph(ExportedModel(get_model("loop_traced"))))
     scripted_graph = _graph(ExportedModel(get_model("loop_scripted")))
@@ -88,11 +96,13 @@ def test_traced_loop_is_unrolled_and_scripted_loop_keeps_a_loop_node():
 
 @pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor:UserWarning")  # deepcopy of a ScriptModule
 @pytest.mark.parametrize("model", ["loop_traced", "loop_scripted"])
+@needs_ort
 def test_both_loop_exports_verify_on_onnxruntime(model):
     record = run_case(CaseRequest(model, "ort", Precision.FP32))
     assert record.status == "pass", record.reason
 
 
+@needs_ort
 def test_scripting_a_plain_int_loop_count_is_unrolled_too(tmp_path):
     """The TorchScript exporter folds a constant trip count: only a tensor count keeps the Loop."""
     import onnx
@@ -109,6 +119,7 @@ def test_scripting_a_plain_int_loop_count_is_unrolled_too(tmp_path):
 # -- opset --------------------------------------------------------------------------------------------------------
 
 
+@needs_ort
 def test_warp_needs_opset_16_for_grid_sample():
     spec = get_model("warp_tiny")
     with pytest.raises(ExportError, match="grid_sampler"):
