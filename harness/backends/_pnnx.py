@@ -75,7 +75,9 @@ def build_from_torch(model: ExportedModel, tmp: Path, fp16: bool) -> dict[str, A
     except Exception as exc:
         raise ExportError(f"torch.jit.trace (for pnnx) failed: {type(exc).__name__}: {exc}") from exc
     trace_s = time.perf_counter() - start
-    shape1 = _shape_arg(model, args, model.spec.default_sizes())
+    # the traced inputs' own shapes: pnnx checks inputshape= against what the trace saved
+    shape1 = ",".join("[" + ",".join(map(str, a.shape)) + "]" + _PNNX_TYPES.get(str(a.dtype).removeprefix("torch."),
+                                                                              "f32") for a in args)
     second = {k: v[1] if len(v) > 1 else v[0] for k, v in model.spec.dynamic_sizes.items()}
     shape2 = _shape_arg(model, args, second)
     log: dict[str, Any] = {"trace_seconds": round(trace_s, 3), "inputshape": shape1}
@@ -90,13 +92,15 @@ def build_from_torch(model: ExportedModel, tmp: Path, fp16: bool) -> dict[str, A
             "pnnxbin=model.pnnx.bin", "pnnxpy=model_pnnx.py", "pnnxonnx=model.pnnx.onnx"]
     start = time.perf_counter()
     proc = _run_pnnx(argv + ([f"inputshape2={shape2}"] if shape2 != shape1 else []), folder)
-    if shape2 != shape1 and (proc.returncode != 0 or not tmp.is_file()):
-        log["inputshape2_failed"] = _tail(proc)  # retry with static shapes and say so
+    if shape2 != shape1 and (proc.returncode != 0 or not tmp.is_file() or _leftovers(tmp)):
+        # dynamic shapes keep shape arithmetic as pnnx.Expression/torch.arange layers ncnn lacks: retry static
+        log["inputshape2_failed"] = _leftovers(tmp) or _tail(proc)[-1500:]
         proc = _run_pnnx(argv, folder)
     elif shape2 != shape1:
         log["inputshape2"] = shape2
     if proc.returncode != 0 or not tmp.is_file() or not tmp.with_suffix(".bin").is_file():
-        raise ConversionError(f"pnnx failed (exit {proc.returncode}) converting {model.spec.name}: {_tail(proc)}")
+        raise ConversionError(f"pnnx failed (exit {proc.returncode}) converting {model.spec.name}: "
+                              f"{_tail(proc).splitlines()[-1]}", detail=_tail(proc))
     log["pnnx_seconds"] = round(time.perf_counter() - start, 3)
     log["convert_seconds"] = round(trace_s + log["pnnx_seconds"], 3)
     log["pnnx_fp16_weights"] = fp16
@@ -104,6 +108,18 @@ def build_from_torch(model: ExportedModel, tmp: Path, fp16: bool) -> dict[str, A
     if ignored:
         log["pnnx_ignored"] = ignored[:50]
     return log
+
+
+def _leftovers(param: Path) -> list[str]:
+    """Layer types pnnx left in ``param`` that ncnn does not implement (empty when all are ncnn layers)."""
+    from harness.backends._ncnn_tools import parse_param, unregistered_layers
+
+    if not param.is_file():
+        return []
+    try:
+        return sorted({layer.type for layer in unregistered_layers(parse_param(param))})
+    except Exception:  # noqa: BLE001 - an unreadable param is reported when ncnn loads it
+        return []
 
 
 def build_from_onnx(model: ExportedModel, tmp: Path, fp16: bool) -> dict[str, Any]:
