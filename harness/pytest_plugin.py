@@ -201,9 +201,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         cases = [CaseRequest(m, b, p, run_id=hc.store.run_id, suite=suite, threads=hc.threads,
                              zoo_files=hc.zoo_files, test_id=f"{m}-{b}-{p.value}")
                  for m in models for b in bnames for p in precs]
-        metafunc.parametrize("case", cases, ids=[c.test_id for c in cases])
+        metafunc.parametrize("case", [pytest.param(c, marks=_marks(c.model)) for c in cases],
+                             ids=[c.test_id for c in cases])
     elif "zoo_model" in metafunc.fixturenames:
-        metafunc.parametrize("zoo_model", models, ids=models)
+        metafunc.parametrize("zoo_model", [pytest.param(m, marks=_marks(m)) for m in models], ids=models)
+
+
+def _marks(model: str) -> list[pytest.MarkDecorator]:
+    """A model tagged ``slow`` (e.g. the 224x224 ``light_*`` ONNX models) carries the ``slow`` marker: out of
+    the default run (pyproject's ``-m "not slow"``), in the nightly one (``-m "not perf"``)."""
+    from model_zoo import get_model
+
+    return [pytest.mark.slow] if "slow" in get_model(model).tags else []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
