@@ -11,7 +11,7 @@ look like ``node-test_abs-ort``. Selection:
 * ``--onnx-case PATTERN`` (repeatable, shell wildcards over case ids);
 * ``--model`` patterns, when given, also select cases by id, and the zoo name
   of a light model selects its case (``--model light_resnet50``);
-* ``--backend`` as everywhere; torch is left out (it reads no ONNX).
+* ``--backend`` as everywhere; only ONNX runtimes take part (torch reads no ONNX; ncnn is no ONNX runtime).
 
 Cases run in a reused child process (``harness.exec``), so an engine crash or
 hang costs one case, or in this process with ``--in-process``.
@@ -37,7 +37,12 @@ from harness.model.onnx_files import SUITE, OnnxCase, discover, select
 from harness.pytest_plugin import HARNESS_KEY, HarnessConfig
 
 pytestmark = pytest.mark.onnx_conformance
-NOT_ONNX = {"torch"}
+def _onnx_runtime(name: str) -> bool:
+    """Engines that execute ONNX graphs (``needs_onnx``). ncnn reads ONNX files too, through pnnx's model
+    converter, but it is no ONNX runtime: its Mats have no batch axis and no integer or sequence values,
+    so ONNX's single-operator cases would measure that, not ncnn; ncnn is judged on whole ONNX-native models
+    (the ``light_*`` zoo entries) instead."""
+    return backends.get(name).needs_onnx
 
 
 def _mode(config: pytest.Config, hc: HarnessConfig) -> str:
@@ -61,7 +66,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     hc = metafunc.config.stash[HARNESS_KEY]
     cases = _selected(metafunc.config, hc)
-    names = [b for b in hc.backends if b not in NOT_ONNX]
+    names = [b for b in hc.backends if _onnx_runtime(b)]
     params = [pytest.param(c, b, id=f"{c.id}-{b}") for c in cases for b in names]
     metafunc.parametrize(("onnx_case", "onnx_backend"), params)
 

@@ -30,7 +30,7 @@ class OpenVinoSession(Session):
 
     def run(self, feeds: Feeds) -> dict[str, np.ndarray]:
         self.request.infer(_host_feeds(feeds, self.inputs))
-        return {name: np.array(self.request.get_tensor(port).data, copy=True) for name, port in self.ports.items()}
+        return {name: _host_array(self.request.get_tensor(port)) for name, port in self.ports.items()}
 
     def bind(self, feeds: Feeds) -> BoundCall:
         """Input tensors set on the infer request once (copied once); the call is the
@@ -95,8 +95,33 @@ def _host_feeds(feeds: Feeds, inputs: dict[str, int]) -> dict[int, np.ndarray]:
     for name, value in feeds.items():
         if name in inputs:
             a = np.asarray(value, order="C")
-            out[inputs[name]] = a if a.flags.writeable else a.copy()
+            out[inputs[name]] = _ov_tensor(a) if a.dtype.name in OV_EXTENDED else a if a.flags.writeable else a.copy()
     return out
+
+
+OV_EXTENDED = {"bfloat16": "bf16", "float8_e4m3fn": "f8e4m3", "float8_e5m2": "f8e5m2"}
+"""ml_dtypes element types OpenVINO tensors hold: fed and read as raw bits (OpenVINO's numpy view of a
+bf16 tensor is a 16-bit float *view of the bits*, not the values)."""
+
+
+def _ov_tensor(a: np.ndarray) -> Any:
+    """An OpenVINO tensor of ``a``'s ml_dtypes element type holding ``a``'s bits."""
+    import openvino as ov
+
+    tensor = ov.Tensor(getattr(ov.Type, OV_EXTENDED[a.dtype.name]), ov.Shape(list(a.shape)))
+    tensor.data[...] = np.ascontiguousarray(a).view(tensor.data.dtype).reshape(tensor.data.shape)
+    return tensor
+
+
+def _host_array(tensor: Any) -> np.ndarray:
+    """A copy of an output tensor as a numpy array; bf16/f8 tensors as ml_dtypes arrays of their values."""
+    data = np.array(tensor.data, copy=True)
+    kind = {v: k for k, v in OV_EXTENDED.items()}.get(str(tensor.element_type.get_type_name()))
+    if kind is not None:
+        import ml_dtypes
+
+        data = data.view(getattr(ml_dtypes, kind))
+    return data
 
 
 class NotFeedable(HarnessError):
@@ -121,7 +146,8 @@ def _non_tensor(spec: ModelSpec) -> dict[str, str]:
     values = [item for pair in spec.golden()[:1] for named in pair for item in named.items()]
     return {n: ("a sequence" if isinstance(v, list | tuple) else "an empty optional" if v is None
                 else f"a {v.dtype.name} tensor (an ml_dtypes array)")
-            for n, v in values if not isinstance(v, np.ndarray) or v.dtype.isbuiltin != 1}
+            for n, v in values if not isinstance(v, np.ndarray) or (v.dtype.isbuiltin != 1
+                                                                    and v.dtype.name not in OV_EXTENDED)}
 
 
 def _output_ports(compiled: Any, names: Sequence[str]) -> dict[str, Any]:
