@@ -17,7 +17,7 @@ import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
 from harness.core.options import CaseRequest
-from harness.core.types import Precision
+from harness.core.types import Precision, Status
 from harness.model.onnx_files import CI_CASES, SUITE, OnnxCase, case_spec, describe, discover, select
 from harness.run.case import run_case
 from model_zoo.registry import add_model
