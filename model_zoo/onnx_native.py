@@ -60,6 +60,14 @@ KNOWN_FAILURES: dict[str, dict[str, KnownFailure]] = {
 """Measured on this project's machines (onnx 1.23, pnnx 20261020, OpenVINO 2026.4)."""
 
 
+ONNX_CASE_FAILURES: dict[str, dict[str, KnownFailure]] = {
+    "pytorch-operator-test_operator_add_broadcast": {"ov:*": KnownFailure(
+        "OpenVINO's CPU plugin returns wrong values for half of this float64 broadcast Add's outputs (max abs "
+        "error 5.9e199; ONNX Runtime matches the expected output exactly): a float64 graph on the CPU plugin")},
+}
+"""Engine findings on the CI set of ONNX's backend test cases, measured on this project's machines."""
+
+
 def onnx_tolerance(name: str, folder: Path) -> tuple[float, float]:
     """ONNX's own (rtol, atol) for light model ``name``: ``real/test_<name>/data.json`` beside ``light/``
     (what ONNX's runner uses; densenet121 has rtol 2e-3), else ONNX's defaults 1e-3, 1e-7."""
@@ -122,6 +130,7 @@ def resolve_case(name: str) -> ModelSpec:
         raise ModelUnavailable(f"{name}: the onnx package is not installed (pip install onnx, extra 'ort')")
     case = find_case(name.removeprefix("onnx:"))
     spec = case_spec(case, name=name)
+    known = dict(ONNX_CASE_FAILURES.get(case.id, {}))
     if case.case_set == "light":  # the light_* zoo entries' findings hold for the same files as ONNX cases
-        spec = replace(spec, known_failures=KNOWN_FAILURES.get(case.name.removeprefix("test_"), {}))
-    return spec
+        known.update(KNOWN_FAILURES.get(case.name.removeprefix("test_"), {}))
+    return replace(spec, known_failures=known) if known else spec
