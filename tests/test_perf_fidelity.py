@@ -14,6 +14,7 @@ printed (``-s``) and attached to the test report (``record_property``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -31,6 +32,10 @@ from harness.model.export import ExportedModel
 from harness.model.inputs import make_feeds
 from harness.run import timing
 from model_zoo import get_model
+
+needs_ort = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 pytestmark = pytest.mark.perf
 
@@ -186,6 +191,7 @@ def run_perf_suite(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[st
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@needs_ort
 def test_perf_suite_records_latency_trials_throughput_memory_and_roofline(tmp_path):
     from harness.results import read_records
 
@@ -207,6 +213,7 @@ def test_perf_suite_records_latency_trials_throughput_memory_and_roofline(tmp_pa
     assert roof["achieved_gflop_s"] == pytest.approx(roof["gflops"] / (record.latency["p50_ms"] / 1e3), rel=1e-3)
 
 
+@needs_ort
 def test_perf_suite_refuses_xdist(tmp_path):
     pytest.importorskip("xdist", reason="pytest-xdist not installed (extra 'dev')")
     proc = run_perf_suite(tmp_path, "-n", "2")

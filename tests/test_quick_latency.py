@@ -4,6 +4,7 @@ the verdict."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +19,10 @@ from harness.core.types import Precision
 from harness.results import read_records
 from harness.run.case import PHASES, phase_totals, run_case
 
+needs_ort = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -29,6 +34,7 @@ def _conformance(tmp_path: Path, run_id: str, *args: str) -> subprocess.Complete
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
+@needs_ort
 def test_conformance_cases_record_quick_latency_phases_and_memory(tmp_path):
     proc = _conformance(tmp_path, "quick")
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -54,6 +60,7 @@ def test_conformance_cases_record_quick_latency_phases_and_memory(tmp_path):
     assert phases["total"]["process_start"] > 0  # the supervisor's share: spawning and importing the child
 
 
+@needs_ort
 def test_no_measure_gives_verdicts_only(tmp_path):
     proc = _conformance(tmp_path, "bare", "--no-measure")
     assert proc.returncode == 0, proc.stdout[-3000:]

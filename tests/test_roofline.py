@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -11,12 +13,17 @@ from harness.model.inputs import make_feeds
 from harness.run import roofline
 from model_zoo import get_model
 
+needs_ort = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
+
 
 @pytest.fixture
 def flops_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "flops-cache"))
 
 
+@needs_ort
 @pytest.mark.usefixtures("flops_cache")
 @pytest.mark.parametrize("name", ["resnet_tiny", "mobilenet_tiny", "srcnn_tiny"])
 def test_onnx_flops_equal_torch_flop_counter(name):
@@ -42,6 +49,7 @@ def _lstm_expected(spec) -> int:
                for layer in range(lstm.num_layers))
 
 
+@needs_ort
 @pytest.mark.usefixtures("flops_cache")
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_onnx_flops_count_every_recurrent_layer(exporter):

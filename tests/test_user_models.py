@@ -3,6 +3,7 @@ helper-module class, a nondeterministic forward, a bad factory, and caches that 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from collections import namedtuple
@@ -22,6 +23,10 @@ from harness.model.inputs import input_sets, make_feeds
 from harness.model.reference import flatten_outputs
 from harness.run.case import run_case
 from model_zoo import get_model, load_zoo_file, register_model
+
+needs_ort = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 ZOO = Path(__file__).parent / "data" / "user_zoo" / "user_models.py"
 EXPECTED = {
@@ -138,6 +143,7 @@ def test_declared_outputs_name_engine_outputs_by_position() -> None:
     assert [o.name for o in onnx.load(r.artifact).graph.output] == ["start", "end"]
 
 
+@needs_ort
 def test_declared_outputs_of_the_wrong_count_are_the_models_error() -> None:
     r = _case("user_too_few_outputs", "ort", zoo=None)
     assert (r.status, r.cause) == (Status.ERROR.value, "model")
@@ -193,6 +199,7 @@ def test_a_nondeterministic_reference_is_the_models_error_not_a_mismatch(model: 
     assert "(dropout in training mode?" in r.reason
 
 
+@needs_ort
 def test_a_factory_returning_none_names_its_file_and_line() -> None:
     @register_model(inputs=[TensorSpec("x", (1, 4))], name="user_returns_none", tags={"test-only"})
     def factory() -> nn.Module:
@@ -222,6 +229,7 @@ OPS = "import torch\n\n\ndef act(x):\n    return torch.relu(x)\n"
 ZOO_FILE = '''
 from stale_helper import Net
 from model_zoo import TensorSpec, register_model
+
 
 
 @register_model(inputs=[TensorSpec("x", (1, 4))], name="{name}")
