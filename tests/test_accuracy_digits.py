@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
 pytest.importorskip("sklearn", reason="digits_cnn: pip install scikit-learn (extra 'zoo')")
+
+from engines import needs_ort
 
 from harness.core.options import CaseRequest
 from harness.core.types import Precision
@@ -15,10 +15,6 @@ from harness.model.inputs import calibration_set, input_sets
 from harness.model.reference import run_torch
 from harness.run.case import run_case
 from model_zoo import digits, get_model
-
-needs_ort = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+from engines import needs_ort
 
 from harness import backends
 from harness.backends import _trt_tools as ts
@@ -24,9 +25,6 @@ from harness.core.types import Precision, TensorSpec
 if TYPE_CHECKING:
     from harness.model.export import ExportedModel
 
-needs_ort = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 
 EXACT_NOT_INSTALLED = ("trt: Python package 'tensorrt' not installed (pip install -e '.[trt]'; "

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engines import needs_ort
 
 from harness.results import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = "suites/test_conformance.py"
-needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
-                               reason="onnxruntime not installed (pip install -e '.[ort]')")
 
 
 def child_env(**extra: str) -> dict[str, str]:

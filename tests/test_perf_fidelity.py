@@ -14,7 +14,6 @@ printed (``-s``) and attached to the test report (``record_property``).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engines import needs_ort
 
 from harness import backends
 from harness.core.types import Precision
@@ -32,10 +32,6 @@ from harness.model.export import ExportedModel
 from harness.model.inputs import make_feeds
 from harness.run import timing
 from model_zoo import get_model
-
-needs_ort = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 pytestmark = pytest.mark.perf
 

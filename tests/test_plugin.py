@@ -6,16 +6,14 @@ the records of a real ONNX Runtime run skips without it.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
+from engines import needs_ort
 
 from harness import backends
 
 pytest_plugins = ["pytester"]
-needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
-                               reason="ort: Python package 'onnxruntime' not installed (pip install -e '.[ort]')")
 
 SUITE = """
 def test_conformance(case, harness_run):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from engines import needs_ort, needs_ov
 
 from harness.core.options import CaseRequest
 from harness.core.precision import precision_match
@@ -13,11 +13,6 @@ from harness.core.types import Precision
 from harness.run.case import run_case
 
 ZOO = str(Path(__file__).parent / "data" / "evidence_zoo" / "evidence_models.py")
-needs_ort = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
-needs_ov = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
-                              reason="needs OpenVINO (pip install -e '.[openvino]')")
 
 
 @pytest.mark.parametrize(("executed", "requested", "match"), [

@@ -4,7 +4,6 @@ the verdict."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,16 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from engines import needs_ort
 
 from harness.core.options import CaseRequest, MeasureOptions
 from harness.core.record import Record
 from harness.core.types import Precision
 from harness.results import read_records
 from harness.run.case import PHASES, phase_totals, run_case
-
-needs_ort = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 ROOT = Path(__file__).resolve().parent.parent
 

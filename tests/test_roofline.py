@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
+from engines import needs_ort
 
 from harness.core.options import CaseRequest, ExportOptions
 from harness.core.types import Precision
 from harness.model.inputs import make_feeds
 from harness.run import roofline
 from model_zoo import get_model
-
-needs_ort = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ helper-module class, a nondeterministic forward, a bad factory, and caches that 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections import namedtuple
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engines import needs_ort
 from torch import nn
 
 from harness import backends
@@ -23,10 +23,6 @@ from harness.model.inputs import input_sets, make_feeds
 from harness.model.reference import flatten_outputs
 from harness.run.case import run_case
 from model_zoo import get_model, load_zoo_file, register_model
-
-needs_ort = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 ZOO = Path(__file__).parent / "data" / "user_zoo" / "user_models.py"
 EXPECTED = {

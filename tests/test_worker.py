@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from engines import needs_ort
 from torch import nn
 
 from harness.cli import run_one_cli
@@ -36,8 +37,6 @@ from model_zoo import register_model
 ROOT = Path(__file__).resolve().parent.parent
 THIS_FILE = str(Path(__file__).resolve())
 CASE_TIMEOUT_S = 8  # long enough for the good case on a loaded 2-core machine; the hang waits this long
-needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx")
-                               is None, reason="ort: onnxruntime/onnx not installed (pip install -e '.[ort]')")
 
 
 class SqrtHead(nn.Module):

@@ -9,6 +9,7 @@ import types
 
 import pytest
 import torch
+from engines import needs_ort
 from torch import nn
 
 from harness.core.errors import UnknownNameError
@@ -17,10 +18,6 @@ from harness.core.types import Precision
 from harness.run.case import run_case
 from model_zoo import catalog, get_model, listing
 from model_zoo.registry import _MODELS, _UNAVAILABLE, ModelUnavailable
-
-needs_ort = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 
 @pytest.fixture(autouse=True)

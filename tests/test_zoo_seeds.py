@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from engines import needs_ort
 
 from harness.core.errors import ExportError
 from harness.core.options import CaseRequest, ExportOptions
@@ -16,10 +17,6 @@ from harness.model.inputs import input_sets
 from harness.run.case import run_case
 from model_zoo import get_model, list_models
 from model_zoo import seeds as seeds_module
-
-needs_ort = pytest.mark.skipif(
-    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
-    reason="needs ONNX Runtime and onnx (pip install -e '.[ort]')")
 
 
 @pytest.fixture(scope="module", autouse=True)
