@@ -261,6 +261,10 @@ def run_one_cli(model: str, backend: str, precision: str, *, json_out: bool = Fa
         from harness.run.case import run_case
 
         record = run_case(req)
+    elif opts is not None and opts.isolated:  # --bench: each trial alone in a fresh child (harness.exec.rounds)
+        from harness.exec.rounds import run_rounds
+
+        record = run_rounds([req], lambda r: run_in_subprocess(r, timeout_s=timeout_s))[req]
     else:
         record = run_in_subprocess(req, timeout_s=timeout_s)
     out.write((json.dumps(json.loads(record.to_json()), indent=2) if json_out else format_record(record)) + "\n")

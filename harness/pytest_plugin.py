@@ -283,18 +283,24 @@ def _write_start_info(hc: HarnessConfig) -> None:
                             precisions=[p.value for p in hc.precisions], shard=hc.shard)
 
 
-def execute(hc: HarnessConfig, case: CaseRequest) -> Record:
-    """Run one case (child process unless --in-process) and append its record.
+def session_request(hc: HarnessConfig, case: CaseRequest) -> CaseRequest:
+    """The request as this session runs it: the session's run id, threads and zoo files, whatever it says."""
+    return replace(case, run_id=hc.store.run_id, threads=hc.threads, zoo_files=hc.zoo_files)
 
-    The session's run id, threads and zoo files are the session's, whatever the request says.
-    """
-    case = replace(case, run_id=hc.store.run_id, threads=hc.threads, zoo_files=hc.zoo_files)
+
+def run_request(hc: HarnessConfig, case: CaseRequest) -> Record:
+    """Run one (session) request: in a child process, or in this one with --in-process."""
     if hc.in_process:
-        record = run_case(case)
-    else:
-        from harness.exec.supervisor import run_in_subprocess
+        return run_case(case)
+    from harness.exec.supervisor import run_in_subprocess
 
-        record = run_in_subprocess(case, timeout_s=hc.case_timeout_s)
+    return run_in_subprocess(case, timeout_s=hc.case_timeout_s)
+
+
+def execute(hc: HarnessConfig, case: CaseRequest, record: Record | None = None) -> Record:
+    """Run one case (child process unless --in-process) and append its record (``record``: already run)."""
+    if record is None:
+        record = run_request(hc, session_request(hc, case))
     try:
         hc.store.append(record)
     except OSError as exc:  # a case whose record is not on disk whole must not pass
@@ -326,12 +332,13 @@ def harness_config(request: pytest.FixtureRequest) -> HarnessConfig:
 
 @pytest.fixture
 def harness_run(harness_config: HarnessConfig) -> Callable[..., Record]:
-    """``harness_run(case, **changes)``: run a case, record it, apply skip/xfail outcomes, return the record."""
+    """``harness_run(case, record=None, **changes)``: run a case (or take its ``record`` when it was run
+    already), record it, apply skip/xfail outcomes, return the record."""
 
-    def run(case: CaseRequest, **changes: Any) -> Record:
+    def run(case: CaseRequest, record: Record | None = None, **changes: Any) -> Record:
         if changes:
             case = replace(case, **changes)
-        return apply_outcome(execute(harness_config, case))
+        return apply_outcome(execute(harness_config, case, record))
 
     return run
 

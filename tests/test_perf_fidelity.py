@@ -199,6 +199,10 @@ def test_perf_suite_records_latency_trials_throughput_memory_and_roofline(tmp_pa
     assert record.latency["batch"] == 1
     assert len(record.latency["trials_p50_ms"]) == 3
     assert record.latency["isolated"] is True
+    rounds = record.extra["rounds"]  # each trial in its own fresh process (harness.exec.rounds)
+    assert len({r["pid"] for r in rounds}) == 3
+    assert record.latency["trials_spread"].startswith("rounds")
+    assert "round 3/3" in proc.stdout  # progress of the rounds
     assert record.latency["timed"].startswith("OrtSession.bind")
     assert [t["batch"] for t in record.throughput] == [1, 2]
     assert all(t["items_per_s"] > 0 and len(t["trials_p50_ms"]) == 3 for t in record.throughput)

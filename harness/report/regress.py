@@ -25,6 +25,7 @@ from harness.report.thresholds import (
     Significance,
     latency_test,
     parse_criteria,
+    trial_spread,
 )
 
 BROKEN = FAILING | {"unsupported"}
@@ -160,7 +161,7 @@ def _check(key: tuple[str, ...], label: str, base: dict[str, Any], cur: dict[str
                        base.get("samples_ms") or [], cur.get("samples_ms") or []) if both_timed else None
     unstable = both_timed and bool(base.get("unstable") or cur.get("unstable"))
     if unstable:
-        notes.append(f"unstable measurement (CV {base.get('cv', math.nan):.2g} -> {cur.get('cv', math.nan):.2g}): "
+        notes.append(f"unstable measurement (trial medians {trial_spread(base)} -> {trial_spread(cur)}): "
                      "latency is never gated on it; re-measure on a quiet machine")
     latency_asked = any(t.spec.latency for t in criteria.thresholds)
     if both_timed and not unstable and sig is None and latency_asked:
@@ -396,3 +397,4 @@ def compare_outcome(baseline: str | Path, current: str | Path, fail_on: Sequence
 
 __all__ = ["EXIT_MISSING", "EXIT_NOTHING", "EXIT_OK", "EXIT_REGRESSION", "METRICS", "CaseDiff", "CompareOutcome",
            "Regression", "compare_outcome", "diff_runs"]
+

@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -269,3 +270,11 @@ def bootstrap_test(baseline: Sequence[float], current: Sequence[float], alpha: f
     ratio = mc / np.where(mb > 0, mb, np.nan)
     p = float(np.mean(~(ratio > 1.0)) + 0.5 / resamples)  # never exactly 0 for a finite number of resamples
     return Significance(slower=p < alpha, p_value=min(p, 1.0), method="bootstrap")
+
+
+def trial_spread(lat: dict[str, Any]) -> str:
+    """A measurement's trial medians as ``a/b/c ms`` (its CV when it has fewer than two trials)."""
+    trials = lat.get("trials_p50_ms") or []
+    if len(trials) > 1:
+        return "/".join(f"{t:.3g}" for t in trials) + " ms"
+    return f"CV {lat.get('cv', math.nan):.2g}"
