@@ -17,6 +17,7 @@ slowdown. Prints one line per comparison and a summary; exits 0 when all compari
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -101,7 +102,7 @@ def main(argv: list[str]) -> int:
             wall = perf_run(args.out, run, pytest_args)
             print(f"{run}: {wall:.0f} s, load {os.getloadavg()[0]:.2f}", flush=True)
     clean = caught = 0
-    for a, b in zip(runs, runs[1:]):
+    for a, b in itertools.pairwise(runs):
         code, text = compare(args.out / a, args.out / b)
         (args.out / f"compare-{a}-{b}.txt").write_text(text)
         ok = code == 0

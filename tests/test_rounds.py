@@ -33,14 +33,15 @@ CASES = [CaseRequest(m, "ort", Precision.FP32, suite="perf", measure=MEASURE) fo
 def test_round_options_split_the_totals_into_one_trial():
     opts = round_options(MeasureOptions.bench())
     assert (opts.trials, opts.min_time_s, opts.min_iterations, opts.max_samples) == (1, 1.0, 10, 1000)
-    assert opts.isolated and opts.warmup == 10  # a fresh process warms up in full
+    assert (opts.isolated, opts.warmup) == (True, 10)  # a fresh process warms up in full
 
 
 def test_trials_run_a_round_apart_and_a_failed_case_is_not_repeated():
     order: list[tuple[str, int]] = []
 
     def run(req: CaseRequest) -> Record:
-        assert req.measure is not None and req.measure.trials == 1
+        assert req.measure is not None
+        assert req.measure.trials == 1
         order.append((req.model, len(order)))
         if req.model == "broken":
             return _record(req, 1.0, status="convert_failed", reason="no such op")
@@ -49,11 +50,12 @@ def test_trials_run_a_round_apart_and_a_failed_case_is_not_repeated():
     lines: list[str] = []
     out = run_rounds(CASES, run, lines.append)
     assert [m for m, _ in order] == ["a", "b", "broken", "a", "b", "a", "b"]
-    assert out[CASES[2]].status == "convert_failed" and out[CASES[2]].reason == "no such op"
+    assert (out[CASES[2]].status, out[CASES[2]].reason) == ("convert_failed", "no such op")
     a = out[CASES[0]]
-    assert len(a.latency["trials_p50_ms"]) == 3 and a.latency["trials"] == 3
+    assert (len(a.latency["trials_p50_ms"]), a.latency["trials"]) == (3, 3)
     assert [r["pid"] for r in a.extra["rounds"]] == [1, 4, 6]
-    assert lines[0].startswith("round 1/3, case 1/3: ") and lines[-1].startswith("round 3/3, case 2/2: ")
+    assert lines[0].startswith("round 1/3, case 1/3: ")
+    assert lines[-1].startswith("round 3/3, case 2/2: ")
 
 
 def test_merged_latency_pools_samples_and_keeps_each_rounds_median():
@@ -61,7 +63,8 @@ def test_merged_latency_pools_samples_and_keeps_each_rounds_median():
     merged = merge_rounds([_record(case, p, pid=i) for i, p in enumerate((2.0, 2.04, 1.98))], MEASURE)
     lat = merged.latency
     assert lat["trials_p50_ms"] == [2.0, 2.04, 1.98]
-    assert lat["n"] == 900 and lat["min_ms"] == pytest.approx(1.98 * 0.9)
+    assert lat["n"] == 900
+    assert lat["min_ms"] == pytest.approx(1.98 * 0.9)
     assert lat["unstable"] is False  # the medians agree within 10 %: the per-call spikes (CV 0.6) do not count
     assert merged.peak_rss_mb == 101.0  # the median round
     assert merged.timings_s["measure"] == pytest.approx(0.9)
@@ -86,6 +89,6 @@ def test_a_round_that_fails_is_the_record_with_its_round_named():
 def test_one_round_is_returned_as_it_is():
     rec = _record(CASES[0], 2.0)
     assert merge_rounds([rec]) is rec
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one"):
         merge_rounds([])
     assert replace(CASES[0]) == CASES[0]  # requests are the rounds' dictionary keys: equal by value

@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from harness.backends.base import Backend, Session
+from harness.backends.base import Backend, BoundCall, Session
 from harness.core.types import Feeds, Precision
 from harness.model.reference import run_torch
 
@@ -67,12 +67,12 @@ class _TorchSession(Session):
     def after_run(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return outputs
 
-    def bind(self, feeds: Feeds) -> Callable[[], object]:
+    def bind(self, feeds: Feeds) -> BoundCall:
         """``HARNESS_FAULT=raise@bind``: the timed call cannot be bound after a passing verdict (the record
         must keep its verdict and say why it has no latency); otherwise ``run(feeds)``."""
         if os.environ.get(FAULT_ENV) == "raise@bind":
             raise RuntimeError(f"{FAULT_ENV}=raise@bind: injected failure binding the timed call")
-        return lambda: self.run(feeds)
+        return BoundCall(lambda: self.run(feeds))
 
 
 class _FaultBackend(Backend):

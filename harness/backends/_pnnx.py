@@ -118,7 +118,7 @@ def _leftovers(param: Path) -> list[str]:
         return []
     try:
         return sorted({layer.type for layer in unregistered_layers(parse_param(param))})
-    except Exception:  # noqa: BLE001 - an unreadable param is reported when ncnn loads it
+    except Exception:  # an unreadable param is reported when ncnn loads it
         return []
 
 

@@ -211,7 +211,8 @@ class NcnnBackend(Backend):
 
     def convert(self, model: ExportedModel, fp16: bool) -> tuple[Path, dict[str, Any]]:
         """The pnnx conversion of ``model`` (cached): the .param path and how it was made."""
-        path = model.artifact(f"ncnn-{'fp16' if fp16 else 'fp32'}-pnnx{module_version('pnnx')}-c2.ncnn.param")  # c2: the conversion recipe's version
+        # c2: the conversion recipe's version
+        path = model.artifact(f"ncnn-{'fp16' if fp16 else 'fp32'}-pnnx{module_version('pnnx')}-c2.ncnn.param")
         meta = path.with_name(path.name.replace(".ncnn.param", ".json"))
         log: dict[str, Any] = {}
         build = pnnx.build_from_onnx if model.spec.onnx_file is not None else pnnx.build_from_torch

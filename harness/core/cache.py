@@ -62,8 +62,8 @@ def _cached_locked(path: Path, build: Callable[[Path], Any], extra_files: tuple[
         tmp = tmpdir / path.name
         build(tmp)
         for s in extra_files:
-            os.replace(tmp.with_suffix(s), path.with_suffix(s))
-        os.replace(tmp, path)
+            tmp.with_suffix(s).replace(path.with_suffix(s))
+        tmp.replace(path)
         sidecar.write_text(digests())
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

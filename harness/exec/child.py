@@ -163,7 +163,7 @@ def _run_measured(run_case: Callable[[CaseRequest], Record], req: CaseRequest) -
     from harness.run.memory import PeakRss
 
     if req.measure is not None:
-        from harness.run.perf import warm_flops_cache
+        from harness.run.roofline import warm_flops_cache
 
         warm_flops_cache(req)
     with PeakRss() as mem:

@@ -40,7 +40,7 @@ import numpy as np
 
 from harness.core.options import MeasureOptions
 from harness.run import timing
-from harness.run.roofline import cpu_peak_gflops, model_flops, onnx_flops, roofline, warm_flops_cache
+from harness.run.roofline import roofline
 
 if TYPE_CHECKING:
     from harness.backends.base import Session
@@ -48,8 +48,7 @@ if TYPE_CHECKING:
     from harness.core.record import Record
     from harness.core.spec import ModelSpec
 
-__all__ = ["batch_size", "batches_to_sweep", "cpu_peak_gflops", "has_batch_axis", "measure_case", "model_flops",
-           "onnx_flops", "roofline", "timed_path", "trials", "warm_flops_cache"]
+__all__ = ["batch_size", "batches_to_sweep", "has_batch_axis", "measure_case", "timed_path", "trials"]
 
 BATCH_AXIS = "batch"
 FEEDS_SEED = 7
