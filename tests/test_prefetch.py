@@ -106,7 +106,8 @@ def test_a_crash_in_a_prefetched_case_is_its_own_and_the_cases_behind_it_run_aga
     records = _run_all(cases)
     assert [r.status for r in records] == ["pass", "crash", "pass", "pass"]
     first, crashed, after = records[0], records[1], records[2:]
-    assert crashed.test_id == "crash" and crashed.backend == "_fault_crash"
+    assert crashed.test_id == "crash"
+    assert crashed.backend == "_fault_crash"
     assert crashed.extra["signal"] == "SIGSEGV"
     assert "crash_now" in crashed.reason  # the stack in the child's output is the crashing case's
     assert crashed.extra["worker"]["prefetched"] is True

@@ -2,9 +2,9 @@
 
 ``Child`` starts ``python -m harness.exec.child DIR MSG_FD`` (see ``harness.exec.supervisor`` for the
 policy: reuse, prefetch, crash and hang handling) and keeps, in order, the cases handed to it and not yet
-collected (``pending``). The child reports on its message pipe: "R" imports done, "S" a case started,
-"D" a case done; each is time-stamped here, so a case's time limit counts from its own start even when
-it was queued behind others.
+collected (``pending``). Requests go down its stdin, one JSON line each; the child reports on its
+message pipe: "R" imports done, "S" a case started, "D" a case done with its record. Each message is
+time-stamped here, so a case's time limit counts from its own start even when it was queued behind others.
 """
 
 from __future__ import annotations
@@ -92,9 +92,6 @@ class Child:
         self.reaper, self.messages = Reaper(self.proc), Messages(msg_r)
         self.ps = _ps_process(self.proc.pid)  # psutil's handle checks for pid reuse before it signals
 
-    def case_dir(self, index: int) -> Path:
-        return self.dir / f"case-{index}"
-
     def alive(self) -> bool:
         return not self.reaper.wait(0)
 
@@ -105,15 +102,18 @@ class Child:
     def send(self, case: CaseRequest, timeout_s: float, *, prefetched: bool = False) -> Entry:
         """Queue a case in the child (it starts once its imports and the cases before it are done)."""
         index, self.cases = self.cases, self.cases + 1
-        self.case_dir(index).mkdir()
-        (self.case_dir(index) / "request.json").write_text(request_to_json(case))
         entry = Entry(index, case, timeout_s, time.perf_counter(), prefetched)
         self.pending.append(entry)
         with contextlib.suppress(OSError):  # a child that died already is reported by finish()
             assert self.proc.stdin is not None
-            self.proc.stdin.write(f"{self.case_dir(index).name}\n".encode())
+            self.proc.stdin.write(request_to_json(case).encode() + b"\n")  # one line: JSON escapes newlines
             self.proc.stdin.flush()
         return entry
+
+    def record_text(self, index: int) -> str | None:
+        """The record case ``index`` sent with its "D" (JSON), if it did."""
+        records = self.messages.records
+        return records[index] if index < len(records) else None
 
     def started_at(self, index: int) -> float | None:
         """When the child started case ``index`` (its "S"), if it has."""
@@ -222,29 +222,40 @@ class Reaper:
 
 
 class Messages:
-    """Reads the child's one-byte messages: "R" imports done, "S" a case started, "D" a case done (each
-    time-stamped, in case order); end of file: it exited."""
+    """Reads the child's messages: "R" imports done, "S" a case started, "D" + 4-byte length + JSON: a case
+    done and its record (each time-stamped, in case order); end of file: it exited. A record cut short by
+    the child's death does not count as done."""
 
     def __init__(self, fd: int) -> None:
         self.ready_at: float | None = None
         self.starts: list[float] = []
         self.dones: list[float] = []
+        self.records: list[str] = []
         self.closed = False
         self._cond = threading.Condition()
         threading.Thread(target=self._read, args=(fd,), name="case-messages", daemon=True).start()
 
     def _read(self, fd: int) -> None:
+        buf = bytearray()
         try:
-            while data := os.read(fd, 64):
+            while data := os.read(fd, 1 << 16):
                 now = time.perf_counter()
+                buf += data
                 with self._cond:
-                    for byte in data:
-                        if byte == ord("R"):
-                            self.ready_at = now
-                        elif byte == ord("S"):
-                            self.starts.append(now)
-                        elif byte == ord("D"):
+                    while buf:
+                        kind = buf[0]
+                        if kind == ord("D"):
+                            if len(buf) < 5 or len(buf) < 5 + (size := int.from_bytes(buf[1:5], "little")):
+                                break  # the rest of the record is still on its way
+                            self.records.append(buf[5:5 + size].decode())
                             self.dones.append(now)
+                            del buf[:5 + size]
+                            continue
+                        if kind == ord("R"):
+                            self.ready_at = now
+                        elif kind == ord("S"):
+                            self.starts.append(now)
+                        del buf[:1]
                     self._cond.notify_all()
         finally:
             os.close(fd)

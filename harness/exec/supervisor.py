@@ -3,10 +3,11 @@
 The parent (pytest, ``harness run``) runs no model: it starts ``python -m
 harness.exec.child DIR MSG_FD`` in a new session and process group (spawned,
 never forked: torch/OpenMP threads and fork do not mix). The child imports
-numpy and torch, says "ready" on a pipe, then runs each ``DIR/case-N/request.json``
-(a CaseRequest as JSON) named on its stdin through ``harness.run.case.run_case``,
-writing ``DIR/case-N/record.json``; it says "S" when it starts a case and "D" when
-it is done (``harness.exec.process``). The parent reaps it with ``os.wait4``:
+numpy and torch, says "ready" on a pipe, then runs each CaseRequest (a JSON line
+on its stdin) through ``harness.run.case.run_case``; it says "S" when it starts a
+case and "D" with the record when it is done, on the same pipe (no file per case;
+its output goes to ``DIR/child.log``; ``harness.exec.process``). The parent reaps it
+with ``os.wait4``:
 
 * death by a signal (segfault, abort, the OOM killer) -> status ``crash`` with the
   signal's name and the tail of the child's output (faulthandler prints the
@@ -97,7 +98,7 @@ def run_in_subprocess(case: CaseRequest, timeout_s: float = 600.0, upcoming: Seq
         child.discard()  # a dropped prefetched case before ours crashed or overran: ours never ran there
         child = None
     end = time.perf_counter()
-    record = None if timed_out else outcome.read_record(child.case_dir(entry.index) / "record.json")
+    record = None if timed_out else outcome.parse_record(child.record_text(entry.index))
     log_tail = outcome.tail(child.dir / "child.log") if record is None else ""
     keep = record is not None and shared and child.alive() and (child.cases < _max_cases() or child.pending) and \
         rss_mb(child.proc.pid) < float(os.environ.get(MAX_RSS_ENV, DEFAULT_MAX_RSS_MB))
