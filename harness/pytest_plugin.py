@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,9 @@ class HarnessConfig:
     quick_measure: MeasureOptions | None = None
     """Every passing conformance case's latency: quick and in the shared child (``--bench``: the perf
     suite's options without the sweep; ``--no-measure``: None, verdicts only)."""
+    prefetch: bool = False
+    """Cases may be queued ahead in the child (``upcoming``): not with --in-process, nor in an xdist worker
+    (the workers keep both cores busy already)."""
     prepared: bool = False
     records: list[Record] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
@@ -140,7 +143,7 @@ def pytest_configure(config: pytest.Config) -> None:
         zoo_files=tuple(str(Path(f).resolve()) for f in opt.zoo_file),
         store=store, threads=opt.threads, in_process=opt.in_process,
         case_timeout_s=opt.case_timeout, shard=shard, report=not opt.no_report, measure=measure,
-        quick_measure=quick,
+        quick_measure=quick, prefetch=not opt.in_process and not hasattr(config, "workerinput"),
     )
 
 
@@ -288,19 +291,23 @@ def session_request(hc: HarnessConfig, case: CaseRequest) -> CaseRequest:
     return replace(case, run_id=hc.store.run_id, threads=hc.threads, zoo_files=hc.zoo_files)
 
 
-def run_request(hc: HarnessConfig, case: CaseRequest) -> Record:
-    """Run one (session) request: in a child process, or in this one with --in-process."""
+def run_request(hc: HarnessConfig, case: CaseRequest, upcoming: Sequence[CaseRequest] = ()) -> Record:
+    """Run one (session) request: in a child process, or in this one with --in-process. ``upcoming``: the
+    cases the next tests will run, in order (the child may start them early; see ``harness.exec.supervisor``);
+    ignored where the session does not prefetch."""
     if hc.in_process:
         return run_case(case)
     from harness.exec.supervisor import run_in_subprocess
 
-    return run_in_subprocess(case, timeout_s=hc.case_timeout_s)
+    ahead = [session_request(hc, c) for c in upcoming] if hc.prefetch else []
+    return run_in_subprocess(case, timeout_s=hc.case_timeout_s, upcoming=ahead)
 
 
-def execute(hc: HarnessConfig, case: CaseRequest, record: Record | None = None) -> Record:
+def execute(hc: HarnessConfig, case: CaseRequest, upcoming: Sequence[CaseRequest] = (),
+            record: Record | None = None) -> Record:
     """Run one case (child process unless --in-process) and append its record (``record``: already run)."""
     if record is None:
-        record = run_request(hc, session_request(hc, case))
+        record = run_request(hc, session_request(hc, case), upcoming)
     try:
         hc.store.append(record)
     except OSError as exc:  # a case whose record is not on disk whole must not pass
@@ -332,13 +339,16 @@ def harness_config(request: pytest.FixtureRequest) -> HarnessConfig:
 
 @pytest.fixture
 def harness_run(harness_config: HarnessConfig) -> Callable[..., Record]:
-    """``harness_run(case, record=None, **changes)``: run a case (or take its ``record`` when it was run
-    already), record it, apply skip/xfail outcomes, return the record."""
+    """``harness_run(case, upcoming=(), record=None, **changes)``: run a case (or take its ``record`` when it
+    was run already), record it, apply skip/xfail outcomes, return the record. ``upcoming``: the unmeasured
+    cases the next tests will request, in order (optional; lets the child start them while pytest reports
+    this one)."""
 
-    def run(case: CaseRequest, record: Record | None = None, **changes: Any) -> Record:
+    def run(case: CaseRequest, upcoming: Sequence[CaseRequest] = (), record: Record | None = None,
+            **changes: Any) -> Record:
         if changes:
             case = replace(case, **changes)
-        return apply_outcome(execute(harness_config, case, record))
+        return apply_outcome(execute(harness_config, case, upcoming, record))
 
     return run
 

@@ -14,7 +14,9 @@ look like ``node-test_abs-ort``. Selection:
 * ``--backend`` as everywhere; only ONNX runtimes take part (torch reads no ONNX; ncnn is no ONNX runtime).
 
 Cases run in a reused child process (``harness.exec``), so an engine crash or
-hang costs one case, or in this process with ``--in-process``.
+hang costs one case, or in this process with ``--in-process``. Each test announces
+the next tests' cases (``upcoming``), so the child runs them while pytest reports
+this one (not under pytest-xdist or ``--in-process``).
 """
 
 from __future__ import annotations
@@ -77,11 +79,42 @@ def _unavailable(backend: str) -> str | None:
     return backends.get(backend)().unavailable_reason()
 
 
-def test_onnx_conformance(onnx_case: OnnxCase, onnx_backend: str, harness_run: Any) -> None:
+def _request(onnx_case: OnnxCase, backend: str) -> CaseRequest:
+    return CaseRequest(f"onnx:{onnx_case.id}", backend, Precision.FP32, suite=SUITE,
+                       test_id=f"{onnx_case.id}-{backend}")
+
+
+UPCOMING = 8
+"""How many of the next tests' cases are announced to the supervisor (it may run them ahead)."""
+_POSITIONS = pytest.StashKey[dict[str, int]]()
+
+
+def _upcoming(request: pytest.FixtureRequest) -> list[CaseRequest]:
+    """The cases of the tests that follow this one in the session (this suite's, with an available engine),
+    in order, stopping at the first other test."""
+    session, node = request.session, request.node
+    positions = session.stash.get(_POSITIONS, None)
+    if positions is None or node.nodeid not in positions:
+        positions = session.stash[_POSITIONS] = {item.nodeid: i for i, item in enumerate(session.items)}
+    at = positions.get(node.nodeid)
+    if at is None:
+        return []
+    ahead: list[CaseRequest] = []
+    for item in session.items[at + 1:]:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if getattr(item, "function", None) is not node.function or "onnx_case" not in params:
+            break
+        if _unavailable(params["onnx_backend"]) is None:
+            ahead.append(_request(params["onnx_case"], params["onnx_backend"]))
+            if len(ahead) == UPCOMING:
+                break
+    return ahead
+
+
+def test_onnx_conformance(onnx_case: OnnxCase, onnx_backend: str, harness_run: Any,
+                          request: pytest.FixtureRequest) -> None:
     reason = _unavailable(onnx_backend)
     if reason is not None:
         pytest.skip(reason)
-    case = CaseRequest(f"onnx:{onnx_case.id}", onnx_backend, Precision.FP32, suite=SUITE,
-                       test_id=f"{onnx_case.id}-{onnx_backend}")
-    record = harness_run(case)
+    record = harness_run(_request(onnx_case, onnx_backend), upcoming=_upcoming(request))
     assert record.status == Status.PASS.value, f"{record.status}: {record.reason}"

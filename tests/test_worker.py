@@ -175,7 +175,7 @@ def test_cli_measures_in_a_child_and_prints_the_record(capsys):
     assert memory["peak_mb"] - memory["baseline_mb"] == pytest.approx(out["peak_rss_mb"], abs=0.2)
     worker = out["extra"]["worker"]
     assert worker["overhead_s"] > 0
-    assert worker["import_s"] > 0
+    assert worker["import_s"] > 0 or worker["reused"]  # an earlier test of this process may have left its child
     assert worker["wall_s"] >= out["duration_s"]
     assert [t["batch"] for t in out["throughput"]] == [1, 3]  # 1 and resnet_tiny's declared batch sizes
     assert out["artifact"].endswith(".onnx")

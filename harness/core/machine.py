@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import socket
@@ -11,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 
+@functools.cache
 def _cpu_model() -> str:
+    """The CPU's model name (read once per process: it does not change under a running process)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -74,12 +77,17 @@ def machine_fingerprint() -> dict[str, Any]:
 
 def machine_id() -> str:
     """A short stable id of this machine: ``HARNESS_MACHINE_ID`` or hostname + CPU model."""
-    import hashlib
-
     env = os.environ.get("HARNESS_MACHINE_ID")
     if env:
         return env
-    return socket.gethostname() + "-" + hashlib.sha1(_cpu_model().encode()).hexdigest()[:6]
+    return socket.gethostname() + "-" + _cpu_digest()
+
+
+@functools.cache
+def _cpu_digest() -> str:
+    import hashlib
+
+    return hashlib.sha1(_cpu_model().encode()).hexdigest()[:6]
 
 
 def module_version(module_name: str) -> str:

@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
+import contextlib
 import fnmatch
 import hashlib
 import inspect
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -172,18 +174,33 @@ class ModelSpec:
         """Hash of the factory's source, its file and the declaration: part of every cache key.
 
         ``ExportedModel.key`` adds the weights and the source files of every class and helper module the
-        built module depends on (``harness.model.export.source_files``).
+        built module depends on (``harness.model.export.source_files``). The source part is computed once per
+        factory object (a reused child runs thousands of cases): a zoo file loaded again is new factory
+        objects, and every new process reads the sources anew.
         """
-        try:
-            src = inspect.getsource(self.factory)
-            module = inspect.getmodule(self.factory)
-            src += inspect.getsource(module) if module else ""
-        except (OSError, TypeError):
-            src = self.factory.__qualname__
-        h = hashlib.sha256(src.encode())
+        h = _source_hash(self.factory).copy()
         declared = (self.inputs, self.outputs, self.opset, self.exporter, sorted(self.dynamic_sizes.items()))
         h.update(repr(declared).encode())
         return h.hexdigest()[:16]
+
+
+_SOURCE_HASHES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _source_hash(factory: Callable[..., Any]) -> Any:
+    """SHA-256 state over the factory's source and its module's source (cached per live factory object)."""
+    with contextlib.suppress(KeyError, TypeError):  # TypeError: not weak-referenceable, computed every time
+        return _SOURCE_HASHES[factory]
+    try:
+        src = inspect.getsource(factory)
+        module = inspect.getmodule(factory)
+        src += inspect.getsource(module) if module else ""
+    except (OSError, TypeError):
+        src = factory.__qualname__
+    h = hashlib.sha256(src.encode())
+    with contextlib.suppress(TypeError):
+        _SOURCE_HASHES[factory] = h
+    return h
 
 
 def _is_int(value: object) -> bool:

@@ -33,10 +33,13 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
 _DUMP_HEADERS = ("Fatal Python error", "Current thread 0x", "Thread 0x")
 
 
-def read_record(path: Path) -> Record | None:
+def parse_record(text: str | None) -> Record | None:
+    """The record a child sent (JSON), or None if it sent none or an unreadable one."""
+    if text is None:
+        return None
     try:
-        return Record.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+        return Record.from_dict(json.loads(text))
+    except (ValueError, TypeError):
         return None
 
 
