@@ -28,8 +28,9 @@ crashes, times out, the environment changes (``PYTEST_CURRENT_TEST`` excepted), 
 resident memory passes ``HARNESS_WORKER_MAX_RSS_MB`` (default 4096), or
 ``HARNESS_WORKER_CASES`` (default 5000: more than one engine's 2,033 ONNX operator
 cases) cases have run; ``HARNESS_WORKER_CASES=1`` gives every case a fresh child.
-Between cases the child restores torch's global state, the environment and the working directory (``harness.exec.child``). An
-isolated measurement (the perf suite, ``--bench``) always runs in a fresh child, alone.
+Between cases the child restores torch's global state, the environment and the
+working directory (``harness.exec.child``). An isolated measurement (the perf suite,
+``--bench``) always runs in a fresh child, alone (the perf suite: one per trial).
 
 Memory is measured in the child: it resets the kernel's RSS high-water mark once
 its imports are done and reads it after the case (``harness.run.memory``). The
