@@ -162,7 +162,10 @@ def test_sigkill_mid_run_leaves_every_written_record_readable(tmp_path):
 
 
 @needs_ort
-def test_cli_measures_in_a_child_and_prints_the_record(capsys):
+def test_cli_measures_in_a_child_and_prints_the_record(capsys, monkeypatch):
+    # `harness run` starts a child for its one case; here an earlier test's idle child would be reused
+    # (its import_s is 0): a fresh child per case, as in the CLI's own process
+    monkeypatch.setenv("HARNESS_WORKER_CASES", "1")
     code = run_one_cli("resnet_tiny", "ort", "fp32", json_out=True, measure=True, timeout_s=300)
     out = json.loads(capsys.readouterr().out)
     assert code == 0
@@ -304,9 +307,12 @@ def test_a_build_killed_midway_leaves_no_build_directory(fork_zoo, monkeypatch, 
     case = CaseRequest("forky", "ort", Precision.FP32, zoo_files=(str(fork_zoo["zoo"]),))
     r = run_in_subprocess(case, timeout_s=CASE_TIMEOUT_S)
     assert r.status == "timeout", r.reason
-    assert "is_in_onnx_export" in r.reason or "export" in r.reason, r.reason  # it really hung inside the export
+    # it really was killed inside the ONNX export's build (the stack dump's tail shows the export call in the
+    # harness and torch.onnx), not in an earlier phase: else this test would prove nothing
+    assert "torch/onnx/" in r.reason, r.reason
+    assert "harness/model/export.py" in r.reason, r.reason
+    assert list(cache.rglob("model-*.onnx.lock")), "the ONNX export's build never started"
     assert sorted(cache.rglob(".build-*")) == []
-    assert list(cache.rglob("*.lock")), "no artifact build was started: this test would prove nothing"
     assert left_behind(fork_zoo) == []
 
 

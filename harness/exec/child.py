@@ -136,8 +136,8 @@ def _isolated() -> Iterator[None]:
         torch.set_default_dtype(dtype)
         torch.set_grad_enabled(grad)
         torch.set_num_threads(threads)
-        if "torch._dynamo" in sys.modules:  # torch.export/dynamo caches specialize later exports (seen: LSTM seq)
-            torch._dynamo.reset()
+        if "torch._dynamo" in sys.modules:  # dynamo's compiled-code caches and guards from a case's torch.export
+            torch._dynamo.reset()  # (the LSTM export it was once blamed for: harness.model.export.fresh_rnn_dispatch)
         if os.environ != env:  # comparing is ~10x cheaper than clearing and refilling (unsetenv per variable)
             os.environ.clear()
             os.environ.update(env)

@@ -144,8 +144,8 @@ class Child:
                     if not m.wait_for(lambda m: len(m.dones) > entry.index, left):
                         timed_out = "case"
             if timed_out:
-                self._dump_stacks_and_kill()
-            if m.closed:  # the child is gone (crash, kill): collect its exit status
+                self._dump_stacks_and_kill()  # reaps it; the message reader may not have seen the pipe close yet
+            if timed_out or m.closed:  # the child is gone (crash, kill): collect its exit status
                 self.unclean = True
                 self.reaper.wait(None)
         except BaseException:  # Ctrl-C or a pytest timeout in the parent: do not leave the child running

@@ -20,7 +20,7 @@ import sys
 import sysconfig
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -244,7 +244,8 @@ def _export(model: ExportedModel, path: Path, exporter: str, opset: int) -> list
             kwargs: dict[str, Any] = dict(input_names=[t.name for t in spec.inputs], output_names=names,
                                           opset_version=opset, dynamic_axes=dynamic_axes or None)
             if exporter == "dynamo":
-                torch.onnx.export(module, args, str(path), dynamo=True, external_data=False, **kwargs)
+                with fresh_rnn_dispatch():
+                    torch.onnx.export(module, args, str(path), dynamo=True, external_data=False, **kwargs)
             elif exporter == "torchscript":
                 torch.onnx.export(module, args, str(path), dynamo=False, **kwargs)
             else:
@@ -257,6 +258,37 @@ def _export(model: ExportedModel, path: Path, exporter: str, opset: int) -> list
         raise ExportError(f"torch.onnx.export ({exporter}, opset {opset}) failed: {type(exc).__name__}: {message}") \
             from exc
     return caught
+
+
+RNN_OPS = ("lstm", "gru")
+"""aten ops (``.input`` overloads) whose Python kernel the dynamo exporter swaps while it captures a graph
+with dynamic shapes (``torch.export._patches``: a ``while_loop`` decomposition that keeps the time axis
+symbolic, instead of the default one that unrolls it over the example's length)."""
+
+
+@contextlib.contextmanager
+def fresh_rnn_dispatch() -> Iterator[None]:
+    """Empty the Python dispatch caches of ``RNN_OPS`` before and after the block (a dynamo export).
+
+    The exporter swaps the ops' ``py_kernels`` without clearing ``OpOverload._dispatch_cache`` (torch 2.13;
+    ``py_impl`` would clear it), and its own passes after the capture cache the default unrolling kernel
+    under ``AutogradCPU``. The next dynamo export of an LSTM or GRU in the same process then gets that
+    cached kernel instead of the ``while_loop`` one, specialises the sequence axis to the example's length
+    and fails ("tracing inferred a static shape"): a second export in a reused child or ``--in-process``.
+    """
+    def clear() -> None:
+        import torch
+
+        for name in RNN_OPS:
+            cache = getattr(getattr(getattr(torch.ops.aten, name, None), "input", None), "_dispatch_cache", None)
+            if isinstance(cache, dict):
+                cache.clear()
+
+    clear()
+    try:
+        yield
+    finally:
+        clear()  # a failed capture can leave the while_loop kernel cached for whatever traces an RNN next
 
 
 def _check(path: Path) -> str:
