@@ -298,8 +298,8 @@ def format_record(r: Record) -> str:
         if lat.get("trials_p50_ms"):
             lines.append("  trials p50: " + ", ".join(f"{v:.3f}" for v in lat["trials_p50_ms"])
                          + f" ms{engine}   load {lat.get('load_1m')}")
-    elif "measure_error" in r.extra or "measure_skipped" in r.extra:
-        lines.append(f"  latency: not measured: {r.extra.get('measure_error') or r.extra['measure_skipped']}")
+    elif "measure_error" in r.extra:
+        lines.append(f"  latency: not measured: {r.extra['measure_error']}")
     for t in r.throughput:
         lines.append(f"  throughput: batch {t['batch']}: {t['items_per_s']:.1f} items/s ({t['mode']})")
     if (roof := r.extra.get("roofline")) and "error" in roof:

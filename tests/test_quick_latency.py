@@ -92,16 +92,3 @@ def test_phase_totals_sum_by_suite_and_backend():
     assert totals["by_backend"]["ort"]["measure"] == 3.3
     assert totals["by_suite"]["perf"] == {"measure": 3.0, "process_start": 2.0, "other": 0.5, "cases": 1}
     assert set(PHASES) >= {"reference", "export", "build", "compare", "measure"}
-
-
-def test_a_reference_precision_is_not_timed_and_says_why():
-    """torch fp16 on CPU (``Backend.slow_precisions``) is a verdict, not a deployment speed: no quick latency
-    (it took seconds per call and a third of the main job), and the record says why; fp32 is timed."""
-    fp16 = run_case(CaseRequest("resnet_tiny", "torch", Precision.FP16, measure=MeasureOptions.quick()))
-    assert fp16.status == "pass"
-    assert fp16.latency is None
-    assert "reference (non-deployment) path" in fp16.extra["measure_skipped"]
-    assert "measure" not in fp16.timings_s
-    fp32 = run_case(CaseRequest("resnet_tiny", "torch", Precision.FP32, measure=MeasureOptions.quick()))
-    assert fp32.latency is not None
-    assert "measure_skipped" not in fp32.extra

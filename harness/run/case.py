@@ -244,15 +244,8 @@ def _run(req: CaseRequest, state: _State, timings: dict[str, float], workdir: Pa
             with _phase(timings, "accuracy"):
                 record = replace(record, accuracy=float(spec.evaluate(session.run)))
         if req.measure is not None and Status(record.status).passing:
-            if req.precision in type(backend).slow_precisions and not req.measure.isolated:
-                # as the perf suite: a reference path (torch fp16 on CPU: seconds per call) says nothing about
-                # deployment speed, and timing it cost a third of the main job
-                record = replace(record, extra={**record.extra, "measure_skipped": (
-                    f"{backend.name} {req.precision.value} runs through a reference (non-deployment) path: "
-                    "not timed (Backend.slow_precisions)")})
-            else:
-                with _phase(timings, "measure"):
-                    record = _measure(req, spec, session, record)
+            with _phase(timings, "measure"):
+                record = _measure(req, spec, session, record)
     return _known(state, record)
 
 
