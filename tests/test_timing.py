@@ -166,3 +166,23 @@ def test_quick_bench_and_standard_options_split_totals_over_trials():
     assert bench.timing_kwargs()["min_iterations"] == 10
     with pytest.raises(ValueError, match="trials >= 1"):
         MeasureOptions(trials=0)
+
+
+def test_a_call_slower_than_the_quick_budget_is_warmed_once_and_timed_once():
+    """A quick measurement of a reference path (torch fp16 on a CPU: seconds per call) must not take 20 calls:
+    one warm-up call shows it is slower than the budget, then one call is timed. A fast call is unaffected."""
+    import time as _time
+
+    from harness.run.timing import measure
+
+    calls = []
+
+    def slow() -> None:
+        calls.append(1)
+        _time.sleep(0.03)
+
+    lat = measure(slow, min_time_s=0.01, min_iterations=5, warmup=3, slow_call_s=0.01)
+    assert (lat.n, len(calls)) == (1, 2)
+    assert lat.p50_ms >= 30
+    fast = measure(lambda: None, min_time_s=0.01, min_iterations=5, warmup=3, slow_call_s=0.01)
+    assert fast.n >= 5

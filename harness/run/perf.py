@@ -97,13 +97,18 @@ def trials(session: Session, plan: Sequence[tuple[int, Mapping[str, np.ndarray]]
     opts = measure.timing_kwargs()
     sync = getattr(session, "sync", None)
     runs: dict[int, list[timing.Latency]] = {b: [] for b, _ in plan}
+    # a quick (shared-child) measurement is bounded: a call slower than a trial's whole time budget is timed
+    # once per trial, after one warm-up call in the first trial only (torch fp16 on CPU: seconds per call)
+    slow_call_s = None if measure.isolated else opts["min_time_s"]
     for trial in range(measure.trials):
         for b, feeds in plan:
             bound = session.bind(feeds)
             call: Callable[[], object] = getattr(bound, "call", bound)
             engine_ms = getattr(bound, "engine_ms", None)
-            warmup = opts["warmup"] if trial == 0 else min(opts["warmup"], 1)
-            runs[b].append(timing.measure(call, sync=sync, engine_ms=engine_ms, **{**opts, "warmup": warmup}))
+            slow = slow_call_s is not None and bool(runs[b]) and runs[b][-1].p50_ms / 1e3 > slow_call_s
+            warmup = opts["warmup"] if trial == 0 else 0 if slow else min(opts["warmup"], 1)
+            runs[b].append(timing.measure(call, sync=sync, engine_ms=engine_ms, slow_call_s=slow_call_s,
+                                          **{**opts, "warmup": warmup, **({"min_iterations": 1} if slow else {})}))
             del bound, call  # the binding's buffers go before the next one is made
     return {b: timing.combine(lats, cv_threshold=measure.cv_threshold) for b, lats in runs.items()}
 

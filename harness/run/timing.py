@@ -128,6 +128,7 @@ def measure(
     cv_threshold: float = 0.1,
     sync: Callable[[], object] | None = None,
     engine_ms: Callable[[], float] | None = None,
+    slow_call_s: float | None = None,
 ) -> Latency:
     """Time ``fn`` synchronously, one sample per call.
 
@@ -144,13 +145,21 @@ def measure(
             device so the sample covers the work, not only the launch).
         engine_ms: called after each timed call, outside the timed region: the engine's own
             time of that call in milliseconds (``BoundCall.engine_ms``).
+        slow_call_s: a quick measurement's budget: when one warm-up call alone takes longer, the
+            rest of the warm-up is skipped and a single call is timed (a reference path such as
+            torch fp16 on a CPU takes seconds per call; its order of magnitude is what a quick
+            look can tell).
     """
     if min_iterations < 1:
         raise ValueError(f"min_iterations must be >= 1, got {min_iterations}")
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
         if sync is not None:
             sync()
+        if slow_call_s is not None and time.perf_counter() - t0 > slow_call_s:
+            min_iterations = 1
+            break
     cap = max(max_samples, min_iterations)
     min_time_ns = int(min_time_s * 1e9)
     samples: list[int] = []
