@@ -212,7 +212,10 @@ def fastest(frame: pd.DataFrame, prefix: str) -> str:
         if "best" not in r:
             notes.insert(0, "no passing case was timed")
         if r.get("unstable"):
-            notes.append(f"unstable (CV {fmt(r.get('cv'))})")
+            trials = r.get("trials_p50_ms")
+            spread = "/".join(fmt(t) for t in trials) + " ms" if isinstance(trials, list | tuple) and len(trials) > 1 \
+                else f"CV {fmt(r.get('cv'))}"
+            notes.append(f"unstable (trial medians {spread})")
         if "best" in r and has_torch and math.isnan(r.get("speedup_vs_torch", math.nan)):
             notes.append("no PyTorch FP32 latency for this model")
         rows.append({**r, "note": "; ".join(n for n in notes if n)})

@@ -68,7 +68,8 @@ def best_per_model(perf: pd.DataFrame) -> list[dict[str, Any]]:
         if best is not None:
             entry.update(best=f"{best['backend']} {best['precision']}", status=best["status"],
                          executed=best["executed_precision"], p50_ms=best["p50_ms"], cv=best["cv"],
-                         n=best["n"], unstable=bool(best["unstable"]), speedup_vs_torch=best["speedup_vs_torch"],
+                         n=best["n"], unstable=bool(best["unstable"]), trials_p50_ms=best.get("trials_p50_ms"),
+                         speedup_vs_torch=best["speedup_vs_torch"],
                          cosine=best["cosine"], max_abs=best["max_abs"], artifact_mb=best["artifact_mb"],
                          peak_rss_mb=best["peak_rss_mb"], torch_fp32_p50=best["torch_fp32_p50"])
         if len(ok) > 1:
