@@ -84,8 +84,6 @@ def _request(onnx_case: OnnxCase, backend: str) -> CaseRequest:
                        test_id=f"{onnx_case.id}-{backend}")
 
 
-UPCOMING = 8
-"""How many of the next tests' cases are announced to the supervisor (it may run them ahead)."""
 _POSITIONS = pytest.StashKey[dict[str, int]]()
 
 
@@ -97,7 +95,10 @@ def _upcoming(request: pytest.FixtureRequest) -> list[CaseRequest]:
     if positions is None or node.nodeid not in positions:
         positions = session.stash[_POSITIONS] = {item.nodeid: i for i, item in enumerate(session.items)}
     at = positions.get(node.nodeid)
-    if at is None:
+    from harness.exec.supervisor import prefetch_limit
+
+    window = prefetch_limit()  # as many as the supervisor may queue ahead
+    if at is None or not window:
         return []
     ahead: list[CaseRequest] = []
     for item in session.items[at + 1:]:
@@ -106,7 +107,7 @@ def _upcoming(request: pytest.FixtureRequest) -> list[CaseRequest]:
             break
         if _unavailable(params["onnx_backend"]) is None:
             ahead.append(_request(params["onnx_case"], params["onnx_backend"]))
-            if len(ahead) == UPCOMING:
+            if len(ahead) == window:
                 break
     return ahead
 

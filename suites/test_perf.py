@@ -49,11 +49,11 @@ def perf_records(request: pytest.FixtureRequest) -> dict[CaseRequest, Record]:
     if hasattr(request.config, "workerinput"):
         pytest.fail(XDIST_MESSAGE, pytrace=False)
     hc = request.config.stash[HARNESS_KEY]
+    if hc.in_process:
+        return {}
     cases = [item.callspec.params["case"] for item in request.session.items
              if getattr(item, "originalname", None) == "test_perf" and "case" in item.callspec.params]
     wanted = [session_request(hc, _perf_request(hc, c)) for c in cases if _benchmarked(c)]
-    if hc.in_process:
-        return {}
     writer = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
 

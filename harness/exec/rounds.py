@@ -92,24 +92,20 @@ def merge_rounds(records: Sequence[Record], measure: MeasureOptions | None = Non
                         "load_1m": (r.latency or {}).get("load_1m")} for r in records]
     roof = first.extra.get("roofline")
     if roof and roof.get("achieved_gflop_s") and roof.get("gflops") and latency.get("p50_ms"):
-        achieved = round(roof["gflops"] / (latency["p50_ms"] / 1e3), 3)
-        roof = {**roof, "achieved_gflop_s": achieved}
-        if roof.get("peak_gflop_s"):
-            roof["fraction_of_peak"] = round(achieved / roof["peak_gflop_s"], 4)
-        extra["roofline"] = roof
+        from harness.run.roofline import at_latency
+
+        extra["roofline"] = at_latency(roof, latency["p50_ms"])
     peaks = [r.peak_rss_mb for r in records if r.peak_rss_mb is not None]
     timings = dict(first.timings_s)
     timings["measure"] = round(sum(r.timings_s.get("measure", 0.0) for r in records), 3)
     return dataclasses.replace(
-        first, latency=latency, throughput=merge_throughput([r.throughput or [] for r in records]),
+        first, latency=latency, throughput=merge_throughput([r.throughput or [] for r in records], cv_threshold),
         peak_rss_mb=round(statistics.median(peaks), 1) if peaks else None, extra=extra, timings_s=timings,
         duration_s=round(sum(r.duration_s for r in records), 3))
 
 
 def merge_latency(rounds: Sequence[dict[str, Any]], cv_threshold: float = 0.1) -> dict[str, Any]:
     """Latency dicts of single-trial rounds -> one: percentiles of the pooled samples, each round's median."""
-    import numpy as np
-
     from harness.run import timing
 
     samples = [v for lat in rounds for v in lat.get("samples_ms", [])]
@@ -117,14 +113,13 @@ def merge_latency(rounds: Sequence[dict[str, Any]], cv_threshold: float = 0.1) -
         raise ValueError("rounds without latency samples cannot be merged")
     pooled = timing.summarize([round(v * 1e6) for v in samples], cv_threshold=cv_threshold)
     medians = [float(lat["p50_ms"]) for lat in rounds]
-    spread = (max(medians) - min(medians)) / float(np.median(medians))
     out = {**rounds[0], **pooled.as_dict()}
     out.update(
         n=sum(int(lat.get("n", 0)) for lat in rounds),
         elapsed_s=round(sum(float(lat.get("elapsed_s", 0.0)) for lat in rounds), 4),
         min_ms=min(float(lat.get("min_ms", math.inf)) for lat in rounds),
         trials_p50_ms=medians, trials=len(rounds), trials_spread="rounds: one fresh process per trial",
-        unstable=bool(spread > cv_threshold),  # as timing.combine: the trials' medians must agree
+        unstable=timing.trials_disagree(medians, cv_threshold),
         load_1m=max((lat["load_1m"] for lat in rounds if lat.get("load_1m") is not None), default=None))
     engine = [lat["engine_p50_ms"] for lat in rounds if lat.get("engine_p50_ms") is not None]
     if len(engine) == len(rounds):
@@ -133,8 +128,10 @@ def merge_latency(rounds: Sequence[dict[str, Any]], cv_threshold: float = 0.1) -
     return out
 
 
-def merge_throughput(rounds: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def merge_throughput(rounds: Sequence[list[dict[str, Any]]], cv_threshold: float = 0.1) -> list[dict[str, Any]]:
     """Throughput entries of the rounds, matched by (batch, mode): median rate and p50, each round's p50."""
+    from harness.run import timing
+
     keyed: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
     for entries in rounds:
         for e in entries:
@@ -149,7 +146,6 @@ def merge_throughput(rounds: Sequence[list[dict[str, Any]]]) -> list[dict[str, A
         p50s = [e["p50_ms"] for e in group if isinstance(e.get("p50_ms"), int | float)]
         if p50s:
             merged["trials_p50_ms"] = p50s
-        merged["unstable"] = any(e.get("unstable") for e in group) or (
-            len(p50s) > 1 and (max(p50s) - min(p50s)) / statistics.median(p50s) > 0.1)
+        merged["unstable"] = any(e.get("unstable") for e in group) or timing.trials_disagree(p50s, cv_threshold)
         out.append(merged)
     return out

@@ -155,10 +155,15 @@ def _collect(child: Child, case: CaseRequest, timeout_s: float,
     raise AssertionError("the requested case was not queued")  # unreachable: send() queued it
 
 
+def prefetch_limit() -> int:
+    """How many upcoming cases may be queued ahead in the child (``HARNESS_PREFETCH``, default 8; 0 = none)."""
+    return max(int(os.environ.get(PREFETCH_ENV, DEFAULT_PREFETCH)), 0)
+
+
 def _prefetchable(case: CaseRequest, upcoming: Sequence[CaseRequest]) -> list[CaseRequest]:
     """The upcoming cases that may run ahead: none behind a measured case, and none from the first measured
-    upcoming one on; at most ``HARNESS_PREFETCH``."""
-    limit = max(int(os.environ.get(PREFETCH_ENV, DEFAULT_PREFETCH)), 0)
+    upcoming one on; at most ``prefetch_limit()``."""
+    limit = prefetch_limit()
     if case.measure is not None or not limit:
         return []
     ahead: list[CaseRequest] = []

@@ -15,6 +15,7 @@ from harness.report import figures, ops
 from harness.report.load import Runs, latest, load_runs, sort_cases
 from harness.report.page import Column, figure, machine_selector, note, page, section, table, write_atomic
 from harness.report.text import esc, fmt
+from harness.report.thresholds import trial_spread
 
 VIEWS = [("fastest", "Fastest"), ("run", "Run"), ("conformance", "Conformance"), ("failures", "Failures"),
          ("latency", "Latency"), ("speedup", "Speed-up"), ("tradeoff", "Trade-off"), ("memory", "Memory"),
@@ -212,10 +213,7 @@ def fastest(frame: pd.DataFrame, prefix: str) -> str:
         if "best" not in r:
             notes.insert(0, "no passing case was timed")
         if r.get("unstable"):
-            trials = r.get("trials_p50_ms")
-            spread = "/".join(fmt(t) for t in trials) + " ms" if isinstance(trials, list | tuple) and len(trials) > 1 \
-                else f"CV {fmt(r.get('cv'))}"
-            notes.append(f"unstable (trial medians {spread})")
+            notes.append(f"unstable (trial medians {trial_spread(r)})")
         if "best" in r and has_torch and math.isnan(r.get("speedup_vs_torch", math.nan)):
             notes.append("no PyTorch FP32 latency for this model")
         rows.append({**r, "note": "; ".join(n for n in notes if n)})

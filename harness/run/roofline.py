@@ -276,14 +276,22 @@ def roofline(req: CaseRequest, spec: ModelSpec, p50_ms: float, threads: int | No
     if counted["flops"] == 0:
         out["error"] = "no FLOPs counted: " + (out.get("incomplete") or "the graph has no Conv/Gemm/MatMul/RNN op")
         return out
-    out["achieved_gflop_s"] = round(gflops / (p50_ms / 1e3), 3)
     kind = compute_kind(executed)
     peak = cpu_peak_gflops(threads, kind) if req.device == "cpu" else None
     if peak:
         out.update(peak)
-        out["fraction_of_peak"] = round(out["achieved_gflop_s"] / peak["peak_gflop_s"], 4)
+    out = at_latency(out, p50_ms)
+    if peak:
         if kind != "fp32" and "mixed" in (executed or ""):
             out["peak_note"] = f"mixed precision ({executed}): the {kind} peak is an upper bound"
+    return out
+
+
+def at_latency(roof: dict[str, Any], p50_ms: float) -> dict[str, Any]:
+    """``roof`` with the achieved GFLOP/s (and its fraction of ``peak_gflop_s``, where known) at ``p50_ms``."""
+    out = {**roof, "achieved_gflop_s": round(roof["gflops"] / (p50_ms / 1e3), 3)}
+    if out.get("peak_gflop_s"):
+        out["fraction_of_peak"] = round(out["achieved_gflop_s"] / out["peak_gflop_s"], 4)
     return out
 
 

@@ -114,8 +114,14 @@ def combine(trials: list[Latency] | tuple[Latency, ...], *, cv_threshold: float 
     out = summarize(samples_ns, elapsed_s=sum(t.elapsed_s for t in trials), cv_threshold=cv_threshold,
                     engine_ms=engine)
     medians = tuple(t.p50_ms for t in trials)
-    spread = (max(medians) - min(medians)) / float(np.median(medians)) if len(medians) > 1 else 0.0
-    return replace(out, trials_p50_ms=medians, unstable=out.unstable if len(medians) < 2 else spread > cv_threshold)
+    unstable = out.unstable if len(medians) < 2 else trials_disagree(medians, cv_threshold)
+    return replace(out, trials_p50_ms=medians, unstable=unstable)
+
+
+def trials_disagree(medians: tuple[float, ...] | list[float], threshold: float = 0.1) -> bool:
+    """Whether trial medians spread (max - min) by more than ``threshold`` of their median: the rule that
+    makes a measurement ``unstable`` (its p50 is not reproducible)."""
+    return len(medians) > 1 and (max(medians) - min(medians)) / float(np.median(medians)) > threshold
 
 
 def measure(
