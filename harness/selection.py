@@ -57,6 +57,8 @@ def check_selection(patterns: Sequence[str], tags: Sequence[str], option: str = 
     Explicit names must exist (the error suggests close ones); a wildcard pattern must match a zoo model
     or, with ``onnx_cases``, an ONNX backend test case id (the ONNX conformance suite selects by id).
     """
+    if not patterns and not tags:
+        return  # nothing to check, and no reason to import the zoo (and torch) here
     from model_zoo import get_model, list_models
     from model_zoo.listing import unavailable_models
 

@@ -58,7 +58,8 @@ class Record:
 
     def to_json(self) -> str:
         """One JSON line (non-finite floats become strings so the line stays valid JSON)."""
-        return json.dumps(_jsonable(dataclasses.asdict(self)), sort_keys=True, allow_nan=False)
+        fields = {f.name: getattr(self, f.name) for f in _FIELDS}  # _jsonable copies; no field nests a dataclass
+        return json.dumps(_jsonable(fields), sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
@@ -82,6 +83,7 @@ class Record:
         return cls(**known)
 
 
+_FIELDS = dataclasses.fields(Record)
 _REQUIRED = ("run_id", "model", "backend", "precision", "status")
 _KINDS: dict[str, tuple[type, ...]] = {
     "string": (str,), "object": (dict,), "array": (list,), "number": (int, float, str), "integer": (int,),
