@@ -90,9 +90,12 @@ class Backend(ABC):
     hidden: ClassVar[bool] = False
     """Hidden backends (test-only fault injectors) never join an automatic sweep."""
     needs_onnx: ClassVar[bool] = True
+    """Whether ``load`` reads ``model.onnx_path`` (False: it builds from the torch module)."""
     reads_onnx_files: ClassVar[bool] = True
     """Can build an ONNX-native model (one that exists only as an ONNX file): ncnn through pnnx's ONNX import."""
-    """Whether ``load`` reads ``model.onnx_path`` (False: it builds from the torch module)."""
+    sdk_modules: ClassVar[tuple[str, ...]] = ()
+    """The vendor modules ``load`` imports: a case child imports them before it sets the case's memory
+    baseline, so a case's peak memory is its own whether or not an earlier case in the child loaded them."""
     slow_precisions: ClassVar[frozenset[Precision]] = frozenset()
     """Precisions that run through a reference (non-deployment) path; perf suites skip them."""
 
@@ -114,6 +117,11 @@ class Backend(ABC):
     @abstractmethod
     def version(self) -> str:
         """The engine's version string."""
+
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
+        """Pay the engine's one-time start-up (plugin loading, thread pools, first compile) on a trivial
+        graph. A case child calls it once per engine before the first case's memory baseline, so that case's
+        peak is its own, like every later one's. Default: nothing to pay."""
 
     @abstractmethod
     def load(

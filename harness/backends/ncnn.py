@@ -152,6 +152,7 @@ class NcnnBackend(Backend):
     """Tencent ncnn on CPU, models converted from torch by pnnx."""
 
     name: ClassVar[str] = "ncnn"
+    sdk_modules: ClassVar[tuple[str, ...]] = ("ncnn",)
     needs_onnx: ClassVar[bool] = False
 
     def unavailable_reason(self) -> str | None:

@@ -112,6 +112,7 @@ class OrtBackend(Backend):
     """ONNX Runtime with the best execution provider present."""
 
     name: ClassVar[str] = "ort"
+    sdk_modules: ClassVar[tuple[str, ...]] = ("onnxruntime", "onnx")
     aliases: ClassVar[tuple[str, ...]] = ("onnxruntime",)
 
     def unavailable_reason(self) -> str | None:
@@ -119,6 +120,17 @@ class OrtBackend(Backend):
 
     def version(self) -> str:
         return _version()
+
+    def warm_up(self) -> None:
+        """One session of a one-node graph (ORT's environment, kernel registry, thread pool), run once."""
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 4]) for n in "xy")
+        graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "warm_up", [x], [y])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        session = ort.InferenceSession(model.SerializeToString(), self._options(), providers=self.providers())
+        session.run(None, {"x": np.ones((1, 4), np.float32)})
 
     def providers(self) -> list[str]:
         """Execution providers to use, best first (GPU EPs only on device cuda/trt or auto)."""

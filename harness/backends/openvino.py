@@ -79,6 +79,7 @@ class OpenVinoBackend(Backend):
     """OpenVINO runtime, CPU by default; GPU/NPU when OpenVINO sees one."""
 
     name: ClassVar[str] = "ov"
+    sdk_modules: ClassVar[tuple[str, ...]] = ("openvino",)
     aliases: ClassVar[tuple[str, ...]] = ("openvino",)
 
     def __init__(self, threads: int | None = None, device: str = "cpu", source: str | None = None) -> None:
@@ -114,6 +115,16 @@ class OpenVinoBackend(Backend):
 
     def version(self) -> str:
         return module_version("openvino")
+
+    def warm_up(self) -> None:
+        """Compile and run a one-node model on the device (loads the device plugin, its thread pool and
+        kernels: 31 of the 39 MB a first OpenVINO case in a child otherwise carries)."""
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        x = ops.parameter([1, 4], np.float32)
+        compiled = ov.Core().compile_model(ov.Model([ops.relu(x)], [x]), self.ov_device, self._config(Precision.FP32))
+        compiled.create_infer_request().infer({0: np.ones((1, 4), np.float32)})
 
     def unsupported_reason(self, model: ExportedModel, precision: Precision) -> str | None:
         if precision is Precision.INT8 and (why := ovq.nncf_missing()) is not None:

@@ -136,6 +136,7 @@ class TrtBackend(Backend):
     """NVIDIA TensorRT on a CUDA GPU (``device='cuda:N'`` picks the GPU; default cuda:0)."""
 
     name: ClassVar[str] = "trt"
+    sdk_modules: ClassVar[tuple[str, ...]] = ("tensorrt",)
     aliases: ClassVar[tuple[str, ...]] = ("tensorrt",)
 
     def __init__(self, threads: int | None = None, device: str = "cpu", int8_mode: str | None = None) -> None:

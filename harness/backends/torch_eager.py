@@ -64,6 +64,7 @@ class TorchBackend(Backend):
     """PyTorch eager on CPU (or CUDA when ``device='cuda'`` and a GPU is present)."""
 
     name: ClassVar[str] = "torch"
+    sdk_modules: ClassVar[tuple[str, ...]] = ("torch",)
     aliases: ClassVar[tuple[str, ...]] = ("pytorch", "eager")
     needs_onnx: ClassVar[bool] = False
     slow_precisions: ClassVar[frozenset[Precision]] = frozenset({Precision.FP16, Precision.INT8})

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+_BUILT: list[Callable[[Path], None]] = []
+
+
+@contextlib.contextmanager
+def on_build(callback: Callable[[Path], None]) -> Iterator[None]:
+    """Call ``callback(path)`` after each artifact that ``cached`` builds (not reuses) inside the block: a
+    case child lists them beside the case's peak memory, which then includes building them (a cold cache's
+    export or quantization), so that cold and warm figures are not compared blind."""
+    _BUILT.append(callback)
+    try:
+        yield
+    finally:
+        _BUILT.remove(callback)
 
 
 def cache_root() -> Path:
@@ -67,6 +82,8 @@ def _cached_locked(path: Path, build: Callable[[Path], Any], extra_files: tuple[
         sidecar.write_text(digests())
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+    for callback in list(_BUILT):
+        callback(path)
     return path
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from harness.core.options import CaseRequest, request_from_json
 from harness.core.record import Record
@@ -123,25 +124,58 @@ def remove_stale_builds(root: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _isolated() -> Iterator[None]:
+def _isolated(req: CaseRequest) -> Iterator[None]:
     """Undo what a case can leave behind for the next case in a reused child: process-global torch state
-    (default dtype, grad mode, threads), environment variables and the working directory."""
-    import torch
+    (default dtype, grad mode, threads), environment variables and the working directory.
 
-    dtype, grad, threads = torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_num_threads()
-    env, cwd = dict(os.environ), Path.cwd()
+    A child that runs only ONNX test cases never imports torch (1.4 s of start-up): see ``preload``.
+    """
+    if "torch" in sys.modules:
+        import torch
+
+        state = torch.get_default_dtype(), torch.is_grad_enabled(), torch.get_num_threads()
+    else:
+        state = None
+    env, cwd = environ_snapshot(), Path.cwd()
     try:
         yield
     finally:
-        torch.set_default_dtype(dtype)
-        torch.set_grad_enabled(grad)
-        torch.set_num_threads(threads)
-        if "torch._dynamo" in sys.modules:  # dynamo's compiled-code caches and guards from a case's torch.export
-            torch._dynamo.reset()  # (the LSTM export it was once blamed for: harness.model.export.fresh_rnn_dispatch)
-        if os.environ != env:  # comparing is ~10x cheaper than clearing and refilling (unsetenv per variable)
-            os.environ.clear()
-            os.environ.update(env)
+        if "torch" in sys.modules:
+            import torch
+
+            dtype, grad, threads = state or (torch.float32, True, torch.get_num_threads())
+            torch.set_default_dtype(dtype)
+            torch.set_grad_enabled(grad)
+            torch.set_num_threads(threads)
+            if "torch._dynamo" in sys.modules:  # dynamo's compiled-code caches and guards from a case's export
+                torch._dynamo.reset()  # (the LSTM export once blamed on it: harness.model.export.fresh_rnn_dispatch)
+        if environ_snapshot() != env:  # comparing is ~10x cheaper than clearing and refilling (unsetenv each)
+            restore_environ(env)
         os.chdir(cwd)
+
+
+def environ_snapshot() -> dict[Any, Any]:
+    """The environment as a dict to compare and restore: CPython's encoded mapping behind ``os.environ``
+    where it has one (copied and compared at C speed; ``dict(os.environ)`` decodes every variable, 0.1-0.3 ms
+    a case), else the decoded one. Restore with ``restore_environ``."""
+    raw = getattr(os.environ, "_data", None)
+    return dict(raw) if isinstance(raw, dict) else dict(os.environ)
+
+
+def restore_environ(snapshot: dict[Any, Any]) -> None:
+    """Make ``os.environ`` equal to an ``environ_snapshot()`` again."""
+    os.environ.clear()
+    os.environ.update({os.fsdecode(k): os.fsdecode(v) for k, v in snapshot.items()})
+
+
+def preload(req: CaseRequest) -> float:
+    """``harness.run.case.preload`` (imports and the engine's one-time start-up, before the case's memory
+    baseline); returns the seconds spent: start-up, not case time."""
+    from harness.run.case import preload as preload_case
+
+    t0 = time.perf_counter()
+    preload_case(req)
+    return time.perf_counter() - t0
 
 
 def child_main(argv: Sequence[str]) -> int:
@@ -161,19 +195,21 @@ def child_main(argv: Sequence[str]) -> int:
     t0 = time.perf_counter()
     from harness.run.case import run_case
 
-    for mod in CHILD_IMPORTS:
-        importlib.import_module(mod)
-    import_s = round(time.perf_counter() - t0, 3)
+    importlib.import_module("numpy")  # what every case needs; torch comes with the first case that uses it
+    import_s = time.perf_counter() - t0  # start-up paid by the next case: imports (and torch, when it comes)
     os.write(msg_fd, b"R")
     index = 0
     while line := sys.stdin.buffer.readline():
         os.write(msg_fd, b"S")  # the case's time limit starts now
-        with _isolated():
-            record = _run_measured(run_case, request_from_json(line.decode()))
+        req = request_from_json(line.decode())
+        import_s += preload(req)
+        with _isolated(req):
+            record = _run_measured(run_case, req)
         leftovers = end_leftovers()  # before "D": the next case, or the parent's next look, finds none
-        worker = {"pid": os.getpid(), "import_s": import_s if index == 0 else 0.0, "reused": index > 0,
+        worker = {"pid": os.getpid(), "import_s": round(import_s, 3), "reused": index > 0,
                   **({"killed_leftovers": leftovers} if leftovers else {})}
         record = dataclasses.replace(record, extra={**record.extra, "worker": worker})
+        import_s = 0.0
         payload = record.to_json().encode()
         _write_all(msg_fd, b"D" + len(payload).to_bytes(4, "little") + payload)
         index += 1
@@ -188,22 +224,23 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _run_measured(run_case: Callable[[CaseRequest], Record], req: CaseRequest) -> Record:
     """``run_case`` with the process's RSS high-water mark reset first: the case's own peak memory."""
-    from harness.run.memory import PeakRss
+    from harness.core.cache import on_build
+    from harness.run.memory import PeakRss, release_freed_memory
 
     if req.measure is not None:
         from harness.run.roofline import warm_flops_cache
 
         warm_flops_cache(req)
-    with PeakRss() as mem:
+    release_freed_memory()
+    built: list[Path] = []  # artifacts this case built (a cold cache): its peak includes building them
+    with PeakRss() as mem, on_build(built.append):
         record = run_case(req)  # engine errors become statuses inside; only native faults get past it
         usage = mem.stop()
-    memory = {**record.extra.get("memory", {}), "child": usage.as_dict()}
+    memory = {**record.extra.get("memory", {}), "child": usage.as_dict(),
+              **({"built": [p.name for p in built]} if built else {})}
     ran = record.status not in ("skipped", "unsupported")  # a case that never ran has no memory figure
     peak = record.peak_rss_mb if record.peak_rss_mb is not None else (usage.delta_mb if ran else None)
     return dataclasses.replace(record, peak_rss_mb=peak, extra={**record.extra, "memory": memory})
-
-
-CHILD_IMPORTS = ("numpy", "torch")  # what every case needs (the reference); imported before the baseline
 
 
 if __name__ == "__main__":

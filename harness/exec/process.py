@@ -26,7 +26,7 @@ from typing import Any
 from harness.core.cache import cache_root
 from harness.core.options import CaseRequest, request_to_json
 from harness.exec import outcome
-from harness.exec.child import remove_stale_builds
+from harness.exec.child import environ_snapshot, remove_stale_builds
 
 DUMP_GRACE_S = 2.0
 EXIT_GRACE_S = 2.0
@@ -35,11 +35,14 @@ VOLATILE_ENV = ("PYTEST_CURRENT_TEST",)
 """Variables that change between cases without changing what a child computes (pytest sets this per test)."""
 
 
-def env_key() -> tuple[str, str, tuple[tuple[str, str], ...]]:
+def env_key() -> tuple[str, str, dict[Any, Any]]:
     """What a child was started with: a child started under another interpreter, directory or environment
     computes other things."""
-    env = sorted((k, v) for k, v in os.environ.items() if k not in VOLATILE_ENV)
-    return sys.executable, str(Path.cwd()), tuple(env)
+    env = environ_snapshot()
+    for name in VOLATILE_ENV:
+        env.pop(name, None)
+        env.pop(os.fsencode(name), None)
+    return sys.executable, str(Path.cwd()), env
 
 
 def rss_mb(pid: int) -> float:

@@ -57,6 +57,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
+import resource
 import time
 from collections.abc import Sequence
 
@@ -83,10 +84,10 @@ def run_in_subprocess(case: CaseRequest, timeout_s: float = 600.0, upcoming: Seq
     order; unmeasured ones may be queued in the child ahead of time (see the module docstring). Callers
     whose cases run in parallel (pytest-xdist workers) pass none.
     """
-    from harness.run.memory import child_peak_mb, peak_rss_mb
+    from harness.run.memory import child_peak_mb, maxrss_to_mb
 
     started = time.time()
-    parent_peak = round(peak_rss_mb(), 1)
+    parent_peak = round(maxrss_to_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss), 1)  # a syscall, no /proc
     t0 = time.perf_counter()
     shared = case.measure is None or not case.measure.isolated  # only an isolated measurement needs a fresh child
     ahead = _prefetchable(case, upcoming) if shared else []
@@ -102,7 +103,7 @@ def run_in_subprocess(case: CaseRequest, timeout_s: float = 600.0, upcoming: Seq
     record = None if timed_out else outcome.parse_record(child.record_text(entry.index))
     log_tail = outcome.tail(child.dir / "child.log") if record is None else ""
     keep = record is not None and shared and child.alive() and (child.cases < _max_cases() or child.pending) and \
-        rss_mb(child.proc.pid) < float(os.environ.get(MAX_RSS_ENV, DEFAULT_MAX_RSS_MB))
+        _resident_mb(child, record) < float(os.environ.get(MAX_RSS_ENV, DEFAULT_MAX_RSS_MB))
     if keep:
         _IDLE.put(child)
     else:
@@ -172,6 +173,13 @@ def _prefetchable(case: CaseRequest, upcoming: Sequence[CaseRequest]) -> list[Ca
             break
         ahead.append(nxt)
     return ahead
+
+
+def _resident_mb(child: Child, record: Record) -> float:
+    """The child's resident size after the case: the high-water mark it reported with the record (it never
+    sits below the resident size), else read from /proc."""
+    peak = (record.extra.get("memory") or {}).get("child", {}).get("peak_mb")
+    return float(peak) if isinstance(peak, int | float) else rss_mb(child.proc.pid)
 
 
 def _max_cases() -> int:

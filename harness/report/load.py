@@ -112,6 +112,7 @@ def record_row(rec: Record) -> dict[str, Any]:
         "best_items_per_s": max((_num(t.get("items_per_s")) for t in _list(rec.throughput) if isinstance(t, dict)),
                                 default=math.nan),
         "op_types": [str(o) for o in _list(extra.get("op_types"))],
+        "built": bool(_list(_dict(extra.get("memory")).get("built"))),  # its peak includes building artifacts
         "opset": _num(extra.get("opset")),
     }
     for key in ("max_abs", "max_rel", "cosine", "mismatch_fraction", "nonfinite", "error_vs_fp64_ratio"):

@@ -177,9 +177,9 @@ def _check(key: tuple[str, ...], label: str, base: dict[str, Any], cur: dict[str
         if not (_finite(b) and _finite(c)):
             continue
         change = f"+{t.worsening(b, c):.1%}" if t.relative else f"{t.worsening(b, c):+.4g}{t.unit}"
-        if t.spec.latency and unstable:
-            if t.exceeded(b, c):
-                notes.append(f"{t.metric} {change} not gated (unstable)")
+        if (t.spec.latency and unstable) or (t.metric == "peak_rss_mb" and base.get("built") != cur.get("built")):
+            if t.exceeded(b, c):  # an unstable latency; a peak that includes a cold cache's build on one side
+                notes.append(f"{t.metric} {change} not gated ({'unstable' if t.spec.latency else 'cold cache'})")
             continue
         judged.add(t.metric)
         if not t.exceeded(b, c):
@@ -211,7 +211,7 @@ def _outcome(d: CaseDiff) -> str:
         return "REGRESSION"
     if d.unmeasured:
         return "UNMEASURED"
-    held_back = ("not significant", "not gated (unstable)")
+    held_back = ("not significant", "not gated (unstable)", "not gated (cold cache)")
     if d.base["status"] != d.cur["status"] or any(h in n for h in held_back for n in d.notes):
         return "changed"
     if d.change("p50_ms") < -0.05:  # faster: confirmed by the reverse test when one can be made

@@ -45,6 +45,38 @@ NOT_IMPLEMENTED = re.compile(
 """Engine messages that mean "this op/opset/IR version is not implemented": ``unsupported``, not a failure."""
 
 
+_WARM: set[tuple[str, int | None]] = set()
+
+
+def preload(req: CaseRequest) -> None:
+    """Import what ``req`` will import anyway and pay its engine's one-time start-up (``Backend.warm_up``,
+    once per engine and thread count in this process), so that a case child can set the case's memory
+    baseline after them: the case's peak is then its own, whichever cases ran in the child before it.
+
+    torch is imported for every case but ONNX's backend test cases (``onnx:<id>``: the reference is
+    shipped), so a child that runs only those never loads it (1.4 s). Failures are left to the case,
+    which reports them with their cause.
+    """
+    import importlib
+    import sys
+
+    names = () if req.model.startswith("onnx:") else ("torch",)
+    try:
+        cls = backends.get(req.backend)
+    except HarnessError:  # an unknown backend: the case reports it
+        cls = None
+    for name in names + (cls.sdk_modules if cls else ()):
+        if name not in sys.modules:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+    if cls is not None and (req.backend, req.threads) not in _WARM:
+        _WARM.add((req.backend, req.threads))
+        with contextlib.suppress(Exception):
+            backend = cls(threads=req.threads, device=req.device)
+            if backend.unavailable_reason() is None:
+                backend.warm_up()
+
+
 class _State:
     """What the loop learned before a failure: the record so far and the known-failure entry."""
 
