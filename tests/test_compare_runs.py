@@ -183,9 +183,11 @@ def test_peak_memory_of_a_cold_build_is_not_gated_against_a_warm_one(tmp_path):
         return dataclasses.replace(r, peak_rss_mb=r.peak_rss_mb * 2, extra={**r.extra, "memory": memory})
 
     outcome = compare_runs(RUN_A, derive(tmp_path, "cold", cold), ["peak_rss_mb:15%"])
-    assert outcome.exit_code == 0 and not outcome.regressions
+    assert outcome.exit_code == 0
+    assert not outcome.regressions
     diff = next(d for d in outcome.diffs if (d.base["model"], d.base["backend"], d.base["precision"]) == case)
-    assert diff.outcome == "changed" and any("not gated (cold cache)" in n for n in diff.notes), diff.notes
+    assert diff.outcome == "changed"
+    assert any("not gated (cold cache)" in n for n in diff.notes), diff.notes
 
 
 def test_runs_of_different_machines_are_not_compared():

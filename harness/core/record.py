@@ -58,7 +58,7 @@ class Record:
 
     def to_json(self) -> str:
         """One JSON line (non-finite floats become strings so the line stays valid JSON)."""
-        fields = {f.name: getattr(self, f.name) for f in _FIELDS}  # _jsonable copies; no field nests a dataclass
+        fields = {f.name: getattr(self, f.name) for f in _FIELDS}  # _jsonable copies (asdict's deep copy: 2x)
         return json.dumps(_jsonable(fields), sort_keys=True, allow_nan=False)
 
     @classmethod
@@ -131,6 +131,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # to_json no longer uses asdict
+        return _jsonable(dataclasses.asdict(value))
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return _jsonable(value.item())
     return value

@@ -16,7 +16,9 @@ op/opset is not implemented), one while running it is ``error``.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import re
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -57,9 +59,6 @@ def preload(req: CaseRequest) -> None:
     shipped), so a child that runs only those never loads it (1.4 s). Failures are left to the case,
     which reports them with their cause.
     """
-    import importlib
-    import sys
-
     names = () if req.model.startswith("onnx:") else ("torch",)
     try:
         cls = backends.get(req.backend)
