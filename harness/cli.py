@@ -61,7 +61,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     return run_one_cli(args.model, args.backend, args.precision, json_out=args.json, in_process=args.in_process,
                        measure=not args.no_measure, timeout_s=args.timeout, zoo_files=tuple(args.zoo_file),
-                       threads=args.threads)
+                       threads=args.threads, bench=args.bench)
 
 
 def _reading(command: str, work: Callable[[], int]) -> int:
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the full record as JSON")
     s.add_argument("--in-process", action="store_true", help="no child process (debugging)")
     s.add_argument("--no-measure", action="store_true", help="conformance only, no latency/throughput")
+    s.add_argument("--bench", action="store_true", help="rigorous latency: 5 trials, each alone in a fresh child, "
+                                                        "5 s and 50 calls in all (default: a quick latency)")
     s.add_argument("--timeout", type=float, default=600.0, help="case time limit in seconds (default 600)")
     s.add_argument("--threads", type=int, default=None, help="engine threads (default: usable CPUs)")
     s.add_argument("--zoo-file", action="append", default=[], help="a Python file registering more models")

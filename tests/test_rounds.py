@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
+from engines import needs_ort
 
+from harness.cli import main
 from harness.core.options import CaseRequest, MeasureOptions
 from harness.core.record import Record
 from harness.core.types import Precision
@@ -92,3 +95,14 @@ def test_one_round_is_returned_as_it_is():
     with pytest.raises(ValueError, match="at least one"):
         merge_rounds([])
     assert replace(CASES[0]) == CASES[0]  # requests are the rounds' dictionary keys: equal by value
+
+
+@needs_ort
+def test_harness_run_bench_measures_each_trial_in_its_own_child(capsys, tmp_path_factory, monkeypatch):
+    """The README's ``harness run --bench``: one record whose trials ran in five processes."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path_factory.getbasetemp() / "rounds-cache"))
+    assert main(["run", "resnet_tiny", "--backend", "ort", "--bench", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "pass"
+    assert len(out["latency"]["trials_p50_ms"]) == 5
+    assert len({r["pid"] for r in out["extra"]["rounds"]}) == 5
