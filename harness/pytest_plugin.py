@@ -58,6 +58,7 @@ class HarnessConfig:
     prepared: bool = False
     records: list[Record] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    session_requests: dict[CaseRequest, CaseRequest] = field(default_factory=dict)
 
 
 HARNESS_KEY = pytest.StashKey[HarnessConfig]()
@@ -289,8 +290,13 @@ def _write_start_info(hc: HarnessConfig) -> None:
 
 
 def session_request(hc: HarnessConfig, case: CaseRequest) -> CaseRequest:
-    """The request as this session runs it: the session's run id, threads and zoo files, whatever it says."""
-    return replace(case, run_id=hc.store.run_id, threads=hc.threads, zoo_files=hc.zoo_files)
+    """The request as this session runs it: the session's run id, threads and zoo files, whatever it says.
+    Remembered: the operator suite announces each case eight times (``upcoming``) before it runs it."""
+    known = hc.session_requests.get(case)
+    if known is None:
+        known = hc.session_requests[case] = replace(case, run_id=hc.store.run_id, threads=hc.threads,
+                                                    zoo_files=hc.zoo_files)
+    return known
 
 
 def run_request(hc: HarnessConfig, case: CaseRequest, upcoming: Sequence[CaseRequest] = ()) -> Record:

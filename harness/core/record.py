@@ -58,8 +58,11 @@ class Record:
 
     def to_json(self) -> str:
         """One JSON line (non-finite floats become strings so the line stays valid JSON)."""
-        fields = {f.name: getattr(self, f.name) for f in _FIELDS}  # _jsonable copies (asdict's deep copy: 2x)
-        return json.dumps(_jsonable(fields), sort_keys=True, allow_nan=False)
+        fields = {f.name: getattr(self, f.name) for f in _FIELDS}
+        try:  # C speed for the usual record; one with a non-finite float or an odd key takes the Python walk
+            return json.dumps(fields, sort_keys=True, allow_nan=False, default=_json_default)
+        except (ValueError, TypeError):
+            return json.dumps(_jsonable(fields), sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Record:
@@ -120,6 +123,15 @@ def _check_field(key: str, value: Any) -> None:
             float(value)  # a 400-digit integer overflows; "fast" is no number
         except (ValueError, OverflowError) as exc:
             raise TypeError(f"field {key!r} is not a usable number: {str(value)[:40]!r} ({exc})") from None
+
+
+def _json_default(value: Any) -> Any:
+    """What ``json.dumps`` cannot write itself (paths, dataclasses, numpy scalars), converted as ``_jsonable``
+    does."""
+    converted = _jsonable(value)
+    if converted is value:
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return converted
 
 
 def _jsonable(value: Any) -> Any:

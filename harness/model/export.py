@@ -99,9 +99,9 @@ class ExportedModel:
         h.update(f"{torch.__version__}|{self.exporter or self.spec.exporter}|{self.opset or self.spec.opset}".encode())
         return h.hexdigest()[:20]
 
-    @property
+    @cached_property
     def cache_dir(self) -> Path:
-        """Directory of this model's artifacts."""
+        """Directory of this model's artifacts (fixed by the root and the key, both fixed once read)."""
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", self.spec.name).lstrip("._-")[:80] or "model"
         return self.root / "artifacts" / f"{safe}-{self.key}"  # a model name never becomes a path
 

@@ -47,7 +47,7 @@ NOT_IMPLEMENTED = re.compile(
 """Engine messages that mean "this op/opset/IR version is not implemented": ``unsupported``, not a failure."""
 
 
-_WARM: set[tuple[str, int | None]] = set()
+_WARM: set[tuple[Any, ...]] = set()  # (backend, threads, device) warmed up; (imports, *that) preloaded
 
 
 def preload(req: CaseRequest) -> None:
@@ -60,6 +60,8 @@ def preload(req: CaseRequest) -> None:
     which reports them with their cause.
     """
     names = () if req.model.startswith("onnx:") else ("torch",)
+    if (names, req.backend, req.threads, req.device) in _WARM:  # done for such a case already (0.1 ms a case otherwise)
+        return
     try:
         cls = backends.get(req.backend)
     except HarnessError:  # an unknown backend: the case reports it
@@ -68,8 +70,9 @@ def preload(req: CaseRequest) -> None:
         if name not in sys.modules:
             with contextlib.suppress(Exception):
                 importlib.import_module(name)
-    if cls is not None and (req.backend, req.threads) not in _WARM:
-        _WARM.add((req.backend, req.threads))
+    _WARM.add((names, req.backend, req.threads, req.device))
+    if cls is not None and (req.backend, req.threads, req.device) not in _WARM:
+        _WARM.add((req.backend, req.threads, req.device))
         with contextlib.suppress(Exception):
             backend = cls(threads=req.threads, device=req.device)
             if backend.unavailable_reason() is None:
