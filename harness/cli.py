@@ -140,7 +140,7 @@ def _cmd_site(args: argparse.Namespace) -> int:
 
 
 COMPARE_EPILOG = """\
---fail-on items: METRIC:THRESHOLD (p50:10%, p99:20%, p50:0.5ms, cosine:0.001, peak_rss_mb:15%;
+--fail-on items: METRIC:THRESHOLD (p50:10%, p99:20%, p50:0.5ms, cosine:0.001, peak_rss_mb:25%;
 default p50:10% when no metric is given), or a gate: missing (a baseline case has no record in the current run),
 unmeasured (a measurement the baseline had is missing or NaN although the case passes, or an explicit
 threshold judged no case), status (pass -> skipped, pass -> fallback). Gates are on by default; no-missing,

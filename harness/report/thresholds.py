@@ -60,7 +60,7 @@ METRICS = {m.name: m for m in (
     Metric("items_per_s", "best_items_per_s", False, ("%",)),
 )}
 
-EXAMPLES = "p50:10%, p99:20%, p50:0.5ms, cosine:0.001, peak_rss_mb:15%"
+EXAMPLES = "p50:10%, p99:20%, p50:0.5ms, cosine:0.001, peak_rss_mb:25%"
 
 
 class FailOnSyntaxError(ValueError):
