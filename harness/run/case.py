@@ -47,7 +47,8 @@ NOT_IMPLEMENTED = re.compile(
 """Engine messages that mean "this op/opset/IR version is not implemented": ``unsupported``, not a failure."""
 
 
-_WARM: set[tuple[Any, ...]] = set()  # (backend, threads, device) warmed up; (imports, *that) preloaded
+_PRELOADED: set[tuple[Any, ...]] = set()  # (imports, backend, threads, device) done in this process
+_WARMED: set[tuple[str, int | None, str]] = set()  # (backend, threads, device) whose warm_up ran here
 
 
 def preload(req: CaseRequest) -> None:
@@ -60,7 +61,7 @@ def preload(req: CaseRequest) -> None:
     which reports them with their cause.
     """
     names = () if req.model.startswith("onnx:") else ("torch",)
-    if (names, req.backend, req.threads, req.device) in _WARM:  # done for such a case already (0.1 ms a case otherwise)
+    if (names, req.backend, req.threads, req.device) in _PRELOADED:  # such a case came before (0.1 ms a case)
         return
     try:
         cls = backends.get(req.backend)
@@ -70,9 +71,9 @@ def preload(req: CaseRequest) -> None:
         if name not in sys.modules:
             with contextlib.suppress(Exception):
                 importlib.import_module(name)
-    _WARM.add((names, req.backend, req.threads, req.device))
-    if cls is not None and (req.backend, req.threads, req.device) not in _WARM:
-        _WARM.add((req.backend, req.threads, req.device))
+    _PRELOADED.add((names, req.backend, req.threads, req.device))
+    if cls is not None and (req.backend, req.threads, req.device) not in _WARMED:
+        _WARMED.add((req.backend, req.threads, req.device))
         with contextlib.suppress(Exception):
             backend = cls(threads=req.threads, device=req.device)
             if backend.unavailable_reason() is None:
